@@ -1,0 +1,47 @@
+// kernels_cpu_isa.h — the contract between the CPU kernel driver (kernels_cpu.cpp: argument
+// checks, activation quantization, work splitting) and one instruction-set module
+// (kernels_cpu_avx2.cpp, kernels_cpu_avx512.cpp). Internal to the kernels; not for engine code.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels.h"
+#include "quant.h"
+
+namespace lkv {
+namespace cpu {
+
+// Activations quantized to 8 bits in blocks of 32 for Q8_0/Q4_0 weights: token t's values are
+// qs[t*cols .. t*cols+cols); its block scales start at d + t*d_stride, 8 floats per pair of
+// blocks laid out dA dB dA dB dA dB dA dB (the lane pattern of the kernels; dB = 0 past the end).
+struct ActQ8 {
+  const int8_t* qs;
+  const float* d;
+  int64_t cols;
+  int64_t nb;        // blocks per token = cols / 32
+  int64_t d_stride;  // floats per token = 8 * ceil(nb / 2)
+  static int64_t d_stride_for(int64_t nb) { return 8 * ((nb + 1) / 2); }
+};
+
+// Every matmul entry computes y[t*W.rows + r] for r in [r0, r1) and t in [t0, t1).
+struct IsaOps {
+  const char* name;
+  // F32, F16, BF16 weights against float activations
+  void (*mm_float)(const WeightView& W, const float* x, float* y, int64_t r0, int64_t r1, int t0, int t1);
+  // Q8_0 or Q4_0 weights against ActQ8 activations
+  void (*mm_q8_0)(const WeightView& W, const ActQ8& a, float* y, int64_t r0, int64_t r1, int t0, int t1);
+  // Q4_K or Q6_K weights against Q8_K activations (token t's blocks at a + t*cols/256)
+  void (*mm_qk)(const WeightView& W, const block_q8_K* a, float* y, int64_t r0, int64_t r1, int t0, int t1);
+  // one token row of n values (n % 32 == 0, resp. n % 256 == 0)
+  void (*quantize_q8)(const float* x, int8_t* qs, float* d, int64_t n);
+  void (*quantize_q8_K)(const float* x, block_q8_K* y, int64_t n);
+  void (*rmsnorm)(float* out, const float* x, const float* w, int n, float eps);
+  void (*silu_mul)(float* gate, const float* up, int n);
+};
+
+// nullptr when this CPU lacks the module's instructions.
+const IsaOps* isa_avx512();
+const IsaOps* isa_avx2();
+
+}  // namespace cpu
+}  // namespace lkv

@@ -1,0 +1,61 @@
+// quant.h — block layouts of the weight formats the engine reads (llama.cpp's layouts, byte for
+// byte), declared once for C++ and CUDA, with reference (scalar) quantizers and dequantizers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gguf.h"
+
+namespace lkv {
+
+constexpr int QK8_0 = 32;
+constexpr int QK4_0 = 32;
+constexpr int QK_K = 256;
+constexpr int K_SCALE_SIZE = 12;
+
+// 32 weights: w = d * qs[i]
+struct block_q8_0 {
+  uint16_t d;  // f16 scale
+  int8_t qs[QK8_0];
+};
+static_assert(sizeof(block_q8_0) == 34, "q8_0 block is 34 bytes");
+
+// 32 weights: w = d * ((nibble) - 8); qs[j] low nibble = element j, high nibble = element j+16
+struct block_q4_0 {
+  uint16_t d;
+  uint8_t qs[QK4_0 / 2];
+};
+static_assert(sizeof(block_q4_0) == 18, "q4_0 block is 18 bytes");
+
+// 256 weights in 8 sub-blocks of 32: w = d*sc[j]*q - dmin*m[j], 6-bit sc/m packed in scales[12]
+struct block_q4_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[K_SCALE_SIZE];
+  uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(block_q4_K) == 144, "q4_K block is 144 bytes");
+
+// 256 weights in 16 sub-blocks of 16: w = d * scales[j] * (q6 - 32)
+struct block_q6_K {
+  uint8_t ql[QK_K / 2];      // low 4 bits
+  uint8_t qh[QK_K / 4];      // high 2 bits
+  int8_t scales[QK_K / 16];  // 8-bit sub-block scales
+  uint16_t d;
+};
+static_assert(sizeof(block_q6_K) == 210, "q6_K block is 210 bytes");
+
+// Activation formats used by the integer dot products (never stored in files).
+struct block_q8_K {
+  float d;
+  int8_t qs[QK_K];
+  int16_t bsums[QK_K / 16];  // sums of each group of 16 qs
+};
+static_assert(sizeof(block_q8_K) == 292, "q8_K block is 292 bytes");
+
+// Reference routines (scalar, plain C++). n must be a multiple of the type's block size.
+void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n);
+void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K/Q8_K
+
+}  // namespace lkv

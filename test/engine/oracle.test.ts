@@ -1,0 +1,82 @@
+// oracle.test.ts — llamakv's last-position logits against llama.cpp (node-llama-cpp 3.21.1) on the
+// same generated GGUF and the same token ids, across shapes and weight types.
+// Needs: the built addon and generated models (cached). Budgets from the issue: F32 weights with
+// an f32 KV cache on both sides: max |Δ log-softmax| <= 1e-3; other weight types: KL <= 1e-3
+// and the same argmax.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Model } from '../../sidecar/engine';
+import { SynthOptions } from '../../sidecar/synth';
+import { compareLogProbs, llamaCppLogProbs, logSoftmax, testModel } from '../helpers';
+
+const PROMPT =
+  'function fib(n: number): number {\n  return n < 2 ? n : fib(n - 1) + fib(n - 2);\n}\n// 日本語のコメント 🎉 — naïve café\n' +
+  'SELECT id, name FROM users WHERE age > 42 ORDER BY name;\n';
+
+async function compare(opts: SynthOptions, kv: 'f32' | 'f16' = 'f32', extra = '') {
+  const file = await testModel(opts);
+  const model = await Model.load(file, { threads: 2 });
+  try {
+    const tokens = model.tokenize(PROMPT + extra, { addBos: true });
+    const session = model.createSession({ nCtx: tokens.length + 8, kv });
+    const ours = logSoftmax((await session.prefill(tokens))!);
+    session.dispose();
+    const theirs = await llamaCppLogProbs(file, tokens, kv === 'f32' ? 'F32' : 'F16');
+    return compareLogProbs(theirs, ours);
+  } finally {
+    model.dispose();
+  }
+}
+
+const shapes: [string, SynthOptions][] = [
+  ['tiny default (GQA 2, tied, llama3 rope scaling)', {}],
+  ['GQA 1 (MHA), untied output, no rope scaling', { nHeadKv: 4, tied: false, ropeScaling: 'none' }],
+  ['GQA 4, key_length 32 != n_embd/n_head', { nHead: 8, nHeadKv: 2, headDim: 32 }],
+  ['GQA 8, one KV head', { nHead: 8, nHeadKv: 1, headDim: 32 }],
+  ['odd head count (5 heads of 48)', { nEmbd: 240, nHead: 5, nHeadKv: 5, headDim: 48, nFf: 320, type: 'f32' }],
+  ['3 layers, GQA 3', { nLayer: 3, nHead: 6, nHeadKv: 2, headDim: 32, nEmbd: 192, nFf: 384 }],
+];
+
+for (const [name, opts] of shapes) {
+  test(`f32 weights, f32 KV match llama.cpp: ${name}`, async () => {
+    const d = await compare({ type: 'f32', ...opts }, 'f32');
+    assert.ok(d.maxAbsDiff <= 1e-3, `max |Δ log-softmax| = ${d.maxAbsDiff}`);
+    assert.equal(d.argmaxB, d.argmaxA);
+  });
+}
+
+const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q6_k', 'q4_k_m'] as const;
+for (const type of types) {
+  test(`${type} weights match llama.cpp (KL <= 1e-3, same argmax)`, async () => {
+    // a larger output scale gives a clear argmax to compare
+    const d = await compare({ type, outputScale: 4, tied: false }, 'f32');
+    assert.ok(d.kl <= 1e-3, `KL = ${d.kl}`);
+    assert.equal(d.argmaxB, d.argmaxA, `argmax ${d.argmaxB} vs llama.cpp ${d.argmaxA}`);
+  });
+}
+
+test('f16 KV cache matches llama.cpp with f16 KV', async () => {
+  const d = await compare({ type: 'f32' }, 'f16');
+  assert.ok(d.kl <= 1e-4, `KL = ${d.kl}`);
+  assert.ok(d.maxAbsDiff <= 1e-2, `max |Δ log-softmax| = ${d.maxAbsDiff}`);
+});
+
+test('batched prefill equals token-by-token decode', async () => {
+  const file = await testModel({ type: 'q8_0' });
+  const model = await Model.load(file, { threads: 2 });
+  try {
+    const tokens = model.tokenize(PROMPT, { addBos: true });
+    const a = model.createSession({ nCtx: 256, kv: 'f32' });
+    const batched = logSoftmax((await a.prefill(tokens))!);
+    const b = model.createSession({ nCtx: 256, kv: 'f32' });
+    let last: Float32Array | null = null;
+    for (const t of tokens) last = await b.prefill([t]);
+    const stepwise = logSoftmax(last!);
+    const d = compareLogProbs(batched, stepwise);
+    assert.ok(d.maxAbsDiff <= 1e-3, `max |Δ| = ${d.maxAbsDiff}`);
+    a.dispose();
+    b.dispose();
+  } finally {
+    model.dispose();
+  }
+});
