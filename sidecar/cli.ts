@@ -164,6 +164,14 @@ const commands: Record<string, Command> = {
       const out = flagStr(a, 'out');
       if (!out) throw new UsageError('missing --out FILE');
       const preset = flagStr(a, 'preset', 'tiny');
+      if (preset === 'needle') {
+        const nt = flagStr(a, 'type', 'f16');
+        if (nt !== 'f32' && nt !== 'f16') throw new UsageError(`--preset needle takes --type f32 or f16, not "${nt}"`);
+        const { synthNeedleModel } = require('./needle') as typeof import('./needle');
+        const r = await synthNeedleModel({ out, type: nt, seed: flagNum(a, 'seed', 1) });
+        print(flagBool(a, 'json'), { path: out, params: r.params, bytes: fs.statSync(out).size }, () => `wrote ${out} (${fmt(r.params)} parameters, ${mib(fs.statSync(out).size)})`);
+        return 0;
+      }
       if (preset !== 'tiny' && preset !== '1b') throw new UsageError(`unknown preset "${preset}" (tiny, 1b, needle)`);
       const type = flagStr(a, 'type', preset === '1b' ? 'q8_0' : 'f32') as WeightTypeName;
       if (!['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q6_k', 'q4_k_m'].includes(type)) throw new UsageError(`unknown type "${type}"`);

@@ -29,6 +29,15 @@ struct KvStats {
   int64_t f16_bytes = 0;        // an f16 cache of the same logical length
   std::vector<int64_t> per_layer;
   std::string spec;
+  // Breakdown of `bytes` (compressed caches; a dense cache's bytes are all code_bytes).
+  int64_t code_bytes = 0;      // quantized codes (or dense values)
+  int64_t param_bytes = 0;     // scales and zero points
+  int64_t outlier_bytes = 0;   // dense-and-sparse side lists
+  int64_t residual_bytes = 0;  // f16 residual window
+  int64_t index_bytes = 0;     // positions, slot bookkeeping, block headers
+  double residual_tokens = 0;  // mean tokens per layer and head held in the f16 residual
+  double evicted_tokens = 0;   // mean tokens per layer and head evicted
+  std::vector<double> tier_tokens;  // mean tokens per layer and head quantized at each tier
 };
 
 class KvCache {
