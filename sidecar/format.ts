@@ -1,0 +1,35 @@
+// format.ts — how sizes and KV savings are written for people: the CLI's summary line and the
+// status bar use the same words ("KV cache: 1.9 GB → 236 MB (−88%)"). Units are binary (1 GB =
+// 2^30 bytes), as memory is.
+import type { KvStats } from './protocol';
+
+export function formatBytes(n: number): string {
+  if (!Number.isFinite(n) || n < 0) return '?';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let u = 0;
+  let v = n;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  const digits = u === 0 ? 0 : v < 10 ? 1 : 0;
+  return `${v.toFixed(digits)} ${units[u]}`;
+}
+
+/** "1.9 GB → 236 MB (−88%)"; the percentage uses a real minus sign. */
+export function formatKvSaving(kv: Pick<KvStats, 'bytes' | 'f16Bytes'>): string {
+  const pct = kv.f16Bytes > 0 ? Math.round((100 * (kv.f16Bytes - kv.bytes)) / kv.f16Bytes) : 0;
+  const sign = pct > 0 ? '\u2212' : pct < 0 ? '+' : '';
+  return `${formatBytes(kv.f16Bytes)} \u2192 ${formatBytes(kv.bytes)} (${sign}${Math.abs(pct)}%)`;
+}
+
+export function formatCount(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+const plural = (n: number, one: string, many: string) => `${formatCount(n)} ${n === 1 ? one : many}`;
+
+/** The CLI's closing line: "KV cache: 1.9 GB → 236 MB (−88%), 96,412 workspace tokens, 4 files left out". */
+export function kvSummaryLine(kv: Pick<KvStats, 'bytes' | 'f16Bytes'>, workspaceTokens: number, leftOut: number): string {
+  return `KV cache: ${formatKvSaving(kv)}, ${plural(workspaceTokens, 'workspace token', 'workspace tokens')}, ${plural(leftOut, 'file', 'files')} left out`;
+}
