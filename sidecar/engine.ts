@@ -327,8 +327,29 @@ export class Session {
     this.handle.truncate(n);
   }
 
+  /** Bytes held against f16, with tokens per precision tier (f16 residual, each tier, evicted). */
   kvStats(): KvStats {
-    return this.handle.kvStats();
+    const k = this.handle.kvStats();
+    const tiers: Record<string, number> = {};
+    const names = tierNames(k.spec);
+    if (k.tierTokens && k.tierTokens.length > 0) {
+      if (k.residualTokens > 0) tiers.f16 = k.residualTokens;
+      k.tierTokens.forEach((n, i) => {
+        const name = names[i] ?? `tier${i + 1}`;
+        if (n > 0) tiers[name] = (tiers[name] ?? 0) + n;
+      });
+      if (k.evictedTokens > 0) tiers.evicted = k.evictedTokens;
+    }
+    return {
+      tokens: k.tokens,
+      residentTokens: k.residentTokens,
+      bytes: k.bytes,
+      f16Bytes: k.f16Bytes,
+      spec: k.spec,
+      perLayer: k.perLayer,
+      tiers,
+      breakdown: k.breakdown,
+    };
   }
 
   async saveState(file: string, meta: string): Promise<void> {
@@ -368,4 +389,25 @@ function firstStop(text: string, stops: string[], from: number): number {
     if (i >= 0 && (best < 0 || i < best)) best = i;
   }
   return best;
+}
+
+/**
+ * Display names of a canonical KV spec's precision tiers, most precise first: "q8", "q4", "f16"
+ * when keys and values share a width, "k4v2" when they differ. "k4,v2,..." has one tier;
+ * "t8:0.1/4x2:0.3/2,..." one per '/'-separated item.
+ */
+export function tierNames(spec: string): string[] {
+  const name = (k: number, v: number) => (k === v ? (k >= 16 ? 'f16' : `q${k}`) : `k${k}v${v}`);
+  const items = spec.split(',');
+  const t = items.find((x) => /^t\d/.test(x));
+  if (t) {
+    return t.slice(1).split('/').map((tier) => {
+      const [bits] = tier.split(':');
+      const [k, v] = bits.split('x').map(Number);
+      return name(k, Number.isFinite(v) ? v : k);
+    });
+  }
+  const k = items.find((x) => /^k\d+$/.test(x));
+  const v = items.find((x) => /^v\d+$/.test(x));
+  return k && v ? [name(Number(k.slice(1)), Number(v.slice(1)))] : [];
 }

@@ -31,7 +31,20 @@ export interface NativeSession {
   tokens(): Int32Array;
   truncate(n: number): void;
   logits(): Float32Array | null;
-  kvStats(): { tokens: number; residentTokens: number; bytes: number; f16Bytes: number; spec: string; perLayer: number[] };
+  kvStats(): {
+    tokens: number;
+    residentTokens: number;
+    bytes: number;
+    f16Bytes: number;
+    spec: string;
+    perLayer: number[];
+    /** Where the bytes go: codes, scales/zero points, exact outliers, f16 residual, bookkeeping, rewind journal. */
+    breakdown: { codes: number; scales: number; outliers: number; residual: number; index: number; journal: number };
+    /** Mean tokens per layer and KV head in the f16 residual window, evicted, and at each precision tier. */
+    residualTokens: number;
+    evictedTokens: number;
+    tierTokens: number[];
+  };
   saveState(file: string, meta: string): Promise<void>;
   loadState(file: string): Promise<string>;
   dispose(): void;

@@ -18,6 +18,8 @@ export interface KvStats {
   perLayer?: number[];
   /** Tokens per precision tier, when the spec has tiers, e.g. { f16: 128, q8: 900, q4: 3000, evicted: 500 }. */
   tiers?: Record<string, number>;
+  /** Where the bytes go (compressed caches): codes, scales/zero points, exact outliers, f16 residual, bookkeeping, rewind journal. */
+  breakdown?: { codes: number; scales: number; outliers: number; residual: number; index: number; journal: number };
 }
 
 export interface ModelSummary {

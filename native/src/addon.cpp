@@ -97,6 +97,19 @@ Napi::Object kv_stats_object(Napi::Env env, const KvStats& st) {
   Napi::Array per = Napi::Array::New(env, st.per_layer.size());
   for (size_t i = 0; i < st.per_layer.size(); i++) per.Set((uint32_t)i, (double)st.per_layer[i]);
   o.Set("perLayer", per);
+  Napi::Object parts = Napi::Object::New(env);  // where the bytes go (compressed caches)
+  parts.Set("codes", (double)st.code_bytes);
+  parts.Set("scales", (double)st.param_bytes);
+  parts.Set("outliers", (double)st.outlier_bytes);
+  parts.Set("residual", (double)st.residual_bytes);
+  parts.Set("index", (double)st.index_bytes);
+  parts.Set("journal", (double)st.journal_bytes);
+  o.Set("breakdown", parts);
+  o.Set("residualTokens", st.residual_tokens);
+  o.Set("evictedTokens", st.evicted_tokens);
+  Napi::Array tiers = Napi::Array::New(env, st.tier_tokens.size());
+  for (size_t i = 0; i < st.tier_tokens.size(); i++) tiers.Set((uint32_t)i, st.tier_tokens[i]);
+  o.Set("tierTokens", tiers);
   return o;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "kv_compressed.h"
 #include "simd_math.h"
 
 #if defined(__x86_64__)
@@ -336,7 +337,7 @@ std::unique_ptr<KvCache> make_kv_cache(const KvShape& shape, const std::string& 
             "kv cache: bad shape");
   if (spec == "f32") return std::unique_ptr<KvCache>(new DenseKvCache<float>(shape, "f32"));
   if (spec == "f16" || spec == "off" || spec.empty()) return std::unique_ptr<KvCache>(new DenseKvCache<uint16_t>(shape, "f16"));
-  throw Error(strprintf("unknown KV cache spec '%s' (known: f16, f32)", spec.c_str()));
+  return make_compressed_kv_cache(shape, parse_kv_spec(spec));  // throws on a bad spec
 }
 
 }  // namespace lkv

@@ -35,6 +35,7 @@ struct KvStats {
   int64_t outlier_bytes = 0;   // dense-and-sparse side lists
   int64_t residual_bytes = 0;  // f16 residual window
   int64_t index_bytes = 0;     // positions, slot bookkeeping, block headers
+  int64_t journal_bytes = 0;   // undo records kept for an exact rewind
   double residual_tokens = 0;  // mean tokens per layer and head held in the f16 residual
   double evicted_tokens = 0;   // mean tokens per layer and head evicted
   std::vector<double> tier_tokens;  // mean tokens per layer and head quantized at each tier

@@ -31,7 +31,7 @@ inline float exp_approx(float x) {
   p = p * f + 1.0f;
   int32_t bits;
   std::memcpy(&bits, &p, 4);
-  bits += (int32_t)n << 23;
+  bits += (int32_t)((uint32_t)(int32_t)n << 23);  // unsigned shift: n is negative
   float r;
   std::memcpy(&r, &bits, 4);
   return r;

@@ -1,0 +1,203 @@
+// kv_block.cpp — reference operations on compressed-cache blocks (see kv_block.h).
+#include "kv_block.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace lkv {
+namespace kvc {
+
+// Row j of a block, dequantized with the reference functions (still rotated when rot is on).
+void block_row_ref(const Block& b, int hd, int vg, int j, float* k, float* v) {
+  const int ng = b.vbits == 16 ? 0 : hd / vg, RB = kv_value_row_bytes(hd, b.vbits);
+  for (int c = 0; c < hd; c++) {
+    k[c] = kv_key_dense_ref(b.kp.data(), b.kc.data(), b.n, b.kbits, j, c);
+    v[c] = kv_value_dense_ref(b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB, hd, vg, b.vbits, c);
+  }
+  auto lo = [&](const std::vector<KvOutlier>& list) {
+    return std::lower_bound(list.begin(), list.end(), (uint16_t)(j * hd),
+                            [](const KvOutlier& o, uint16_t x) { return o.index < x; });
+  };
+  for (auto it = lo(b.ko); it != b.ko.end() && it->index < (j + 1) * hd; ++it) k[it->index - j * hd] += f16_to_f32(it->delta);
+  for (auto it = lo(b.vo); it != b.vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
+}
+
+// Quantizes m rows (k, v: [m][hd], already rotated) into one block.
+Block make_block(const float* k, const float* v, const int32_t* pos, int m, const KvTier& tier, int tier_index, int hd, int vg,
+                 double outliers, bool per_row_pos, int created) {
+  Block b;
+  b.tier = tier_index;
+  b.kbits = tier.kbits;
+  b.vbits = tier.vbits;
+  b.n = m;
+  b.created = created;
+  b.pos0 = pos[0];
+  if (per_row_pos) b.pos.assign(pos, pos + m);
+  const size_t ne = (size_t)m * hd;
+  std::vector<uint8_t> kskip, vskip;
+  const int count = (int)std::lround(outliers * (double)ne);
+  if (count > 0 && b.kbits < 16) {
+    kskip.assign(ne, 0);
+    std::vector<std::vector<int>> groups((size_t)hd);
+    for (int c = 0; c < hd; c++)
+      for (int j = 0; j < m; j++) groups[c].push_back(j * hd + c);
+    kv_select_outliers_ref(k, groups, count, kskip.data());
+  }
+  if (count > 0 && b.vbits < 16) {
+    vskip.assign(ne, 0);
+    std::vector<std::vector<int>> groups;
+    for (int j = 0; j < m; j++)
+      for (int g = 0; g < hd / vg; g++) {
+        groups.emplace_back();
+        for (int i = 0; i < vg; i++) groups.back().push_back(j * hd + g * vg + i);
+      }
+    kv_select_outliers_ref(v, groups, count, vskip.data());
+  }
+  b.kp.resize((size_t)kv_key_param_count(hd, b.kbits));
+  b.kc.resize((size_t)kv_key_code_bytes(m, hd, b.kbits));
+  kv_quantize_keys_ref(k, m, hd, b.kbits, kskip.empty() ? nullptr : kskip.data(), b.kp.data(), b.kc.data());
+  const int ng = kv_value_param_count(hd, vg, b.vbits), RB = kv_value_row_bytes(hd, b.vbits);
+  b.vp.resize((size_t)m * ng);
+  b.vc.resize((size_t)m * RB);
+  for (int j = 0; j < m; j++)
+    kv_quantize_value_row_ref(v + (size_t)j * hd, hd, vg, b.vbits, vskip.empty() ? nullptr : vskip.data() + (size_t)j * hd,
+                              b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB);
+  // exact values of the outliers, as differences to what the dense codes give
+  for (size_t e = 0; e < kskip.size(); e++)
+    if (kskip[e]) {
+      const int j = (int)(e / hd), c = (int)(e % hd);
+      const float d = k[e] - kv_key_dense_ref(b.kp.data(), b.kc.data(), m, b.kbits, j, c);
+      b.ko.push_back({(uint16_t)e, f32_to_f16(d)});
+    }
+  for (size_t e = 0; e < vskip.size(); e++)
+    if (vskip[e]) {
+      const int j = (int)(e / hd), c = (int)(e % hd);
+      const float d = v[e] - kv_value_dense_ref(b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB, hd, vg, b.vbits, c);
+      b.vo.push_back({(uint16_t)e, f32_to_f16(d)});
+    }
+  return b;
+}
+
+// Keeps the rows of b whose keep[j] is set (codes are repacked, never requantized).
+void keep_rows(Block& b, const std::vector<uint8_t>& keep, int hd, int vg) {
+  std::vector<int> newrow((size_t)b.n, -1);
+  int m = 0;
+  for (int j = 0; j < b.n; j++)
+    if (keep[j]) newrow[j] = m++;
+  if (m == b.n) return;
+  if (b.pos.empty()) {  // rows stop being consecutive positions
+    for (int j = 0; j < b.n; j++) b.pos.push_back(b.pos0 + j);
+  }
+  const int So = kv_planar_bytes(b.n, b.kbits), Sn = kv_planar_bytes(m, b.kbits);
+  std::vector<uint8_t> kc((size_t)hd * Sn, 0);
+  for (int c = 0; c < hd; c++) {
+    const uint8_t* src = b.kc.data() + (size_t)c * So;
+    uint8_t* dst = kc.data() + (size_t)c * Sn;
+    for (int j = 0; j < b.n; j++) {
+      if (newrow[j] < 0) continue;
+      if (b.kbits == 16) std::memcpy(dst + 2 * newrow[j], src + 2 * j, 2);
+      else kv_planar_put(dst, m, b.kbits, newrow[j], kv_planar_get(src, b.n, b.kbits, j));
+    }
+  }
+  b.kc = std::move(kc);
+  const int ng = kv_value_param_count(hd, vg, b.vbits), RB = kv_value_row_bytes(hd, b.vbits);
+  for (int j = 0; j < b.n; j++) {
+    const int r = newrow[j];
+    if (r < 0 || r == j) continue;
+    std::memmove(b.vc.data() + (size_t)r * RB, b.vc.data() + (size_t)j * RB, (size_t)RB);
+    if (ng) std::memmove(b.vp.data() + (size_t)r * ng, b.vp.data() + (size_t)j * ng, sizeof(KvQParams) * ng);
+    b.pos[r] = b.pos[j];
+  }
+  b.vc.resize((size_t)m * RB);
+  b.vp.resize((size_t)m * ng);
+  b.pos.resize((size_t)m);
+  for (auto* list : {&b.ko, &b.vo}) {
+    std::vector<KvOutlier> kept;
+    for (const KvOutlier& o : *list) {
+      const int r = newrow[o.index / hd];
+      if (r >= 0) kept.push_back({(uint16_t)(r * hd + o.index % hd), o.delta});
+    }
+    *list = std::move(kept);
+  }
+  b.n = m;
+  b.kc.shrink_to_fit();
+  b.vc.shrink_to_fit();
+  b.vp.shrink_to_fit();
+  b.pos.shrink_to_fit();
+  b.ko.shrink_to_fit();
+  b.vo.shrink_to_fit();
+}
+
+// Row j of b as an undo record (codes unchanged).
+Undo take_row(const Block& b, int j, int hd, int vg) {
+  Undo u;
+  u.block = b.id;
+  u.row = (int16_t)j;
+  u.pos = b.position(j);
+  u.tier = (int8_t)b.tier;
+  std::vector<KvOutlier> ko, vo;
+  for (const KvOutlier& o : b.ko)
+    if (o.index / hd == j) ko.push_back({(uint16_t)(o.index % hd), o.delta});
+  for (const KvOutlier& o : b.vo)
+    if (o.index / hd == j) vo.push_back({(uint16_t)(o.index % hd), o.delta});
+  u.nko = (uint16_t)ko.size();
+  u.nvo = (uint16_t)vo.size();
+  const UndoLayout L(hd, vg, b.kbits, b.vbits);
+  u.data.resize(L.size(u.nko, u.nvo));
+  uint8_t* d = u.data.data();
+  const int S = kv_planar_bytes(b.n, b.kbits);
+  for (int c = 0; c < hd; c++) {  // the row's key codes, planar-packed along the channels
+    if (b.kbits == 16) std::memcpy(d + 2 * c, b.kc.data() + (size_t)c * S + 2 * j, 2);
+    else kv_planar_put(d, hd, b.kbits, c, kv_planar_get(b.kc.data() + (size_t)c * S, b.n, b.kbits, j));
+  }
+  d += L.kcodes;
+  if (L.vp) std::memcpy(d, b.vp.data() + (size_t)j * (L.vp / sizeof(KvQParams)), L.vp);  // none at 16 bits
+  d += L.vp;
+  std::memcpy(d, b.vc.data() + (size_t)j * L.vc, L.vc);
+  d += L.vc;
+  if (!ko.empty()) std::memcpy(d, ko.data(), sizeof(KvOutlier) * ko.size());
+  d += sizeof(KvOutlier) * ko.size();
+  if (!vo.empty()) std::memcpy(d, vo.data(), sizeof(KvOutlier) * vo.size());
+  return u;
+}
+
+// Puts an undo record's row back into b at its old index.
+void insert_row(Block& b, const Undo& u, int hd, int vg) {
+  const UndoLayout L(hd, vg, b.kbits, b.vbits);
+  const uint8_t* kcodes = u.data.data();
+  const uint8_t* vp = kcodes + L.kcodes;
+  const uint8_t* vc = vp + L.vp;
+  const KvOutlier* ko = (const KvOutlier*)(vc + L.vc);
+  const KvOutlier* vo = ko + u.nko;
+  const int j = u.row, n = b.n, m = n + 1;
+  const int So = kv_planar_bytes(n, b.kbits), Sn = kv_planar_bytes(m, b.kbits);
+  std::vector<uint8_t> kc((size_t)hd * Sn, 0);
+  for (int c = 0; c < hd; c++) {
+    const uint8_t* src = b.kc.data() + (size_t)c * So;
+    uint8_t* dst = kc.data() + (size_t)c * Sn;
+    for (int r = 0; r < m; r++) {
+      if (b.kbits == 16) std::memcpy(dst + 2 * r, r == j ? kcodes + 2 * c : src + 2 * (r < j ? r : r - 1), 2);
+      else
+        kv_planar_put(dst, m, b.kbits, r,
+                      r == j ? kv_planar_get(kcodes, hd, b.kbits, c) : kv_planar_get(src, n, b.kbits, r < j ? r : r - 1));
+    }
+  }
+  b.kc = std::move(kc);
+  const size_t ng = L.vp / sizeof(KvQParams);
+  b.vp.insert(b.vp.begin() + (size_t)j * ng, (const KvQParams*)vp, (const KvQParams*)vp + ng);
+  b.vc.insert(b.vc.begin() + (size_t)j * L.vc, vc, vc + L.vc);
+  b.pos.insert(b.pos.begin() + j, u.pos);
+  for (auto* list : {&b.ko, &b.vo}) {
+    for (KvOutlier& o : *list)
+      if (o.index / hd >= j) o.index = (uint16_t)(o.index + hd);
+    const KvOutlier* add = list == &b.ko ? ko : vo;
+    const int na = list == &b.ko ? u.nko : u.nvo;
+    for (int i = 0; i < na; i++) list->push_back({(uint16_t)(j * hd + add[i].index), add[i].delta});
+    std::sort(list->begin(), list->end(), [](const KvOutlier& a, const KvOutlier& c) { return a.index < c.index; });
+  }
+  b.n = m;
+  b.emptied = -1;
+}
+
+}  // namespace kvc
+}  // namespace lkv

@@ -1,0 +1,808 @@
+// test_kv.cpp — the compressed KV cache: spec grammar and presets; block layouts and reference
+// quantizers (round-trip error per format within named budgets); the fused attention against the
+// cache's plain reference and against attention_reference on the dequantized rows (tight) and on
+// the original f32 rows (a looser budget per bit width); exact byte accounting; truncate mid-block;
+// save/load; the slot bookkeeping on hand-computed cases; eviction, importance and tiers in a live
+// cache. Needs no model.
+// Usage: test_kv [seed] [--timing]   (ends with "N passed, M failed")
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "kv_cache.h"
+#include "kv_compressed.h"
+#include "kv_formats.h"
+#include "kv_policy.h"
+#include "threadpool.h"
+
+using namespace lkv;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+std::mt19937_64 g_rng;
+
+void report(bool ok, const std::string& name, const std::string& detail = "") {
+  (ok ? g_passed : g_failed)++;
+  std::printf("%s %s  %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+float gauss() {
+  static std::normal_distribution<float> nd(0.f, 1.f);
+  return nd(g_rng);
+}
+std::vector<float> gauss_vec(size_t n, float scale = 1.f) {
+  std::vector<float> v(n);
+  for (auto& f : v) f = gauss() * scale;
+  return v;
+}
+
+double rel_rms(const std::vector<float>& a, const std::vector<float>& ref) {
+  double e = 0, r = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    e += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+    r += (double)ref[i] * ref[i];
+  }
+  return std::sqrt(e / std::max(r, 1e-30));
+}
+// max |a - ref| over the RMS of ref, and no NaN anywhere
+double rel_max(const std::vector<float>& a, const std::vector<float>& ref) {
+  double m = 0, r = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    m = std::max(m, std::fabs((double)a[i] - ref[i]));
+    r += (double)ref[i] * ref[i];
+  }
+  return m / std::sqrt(std::max(r / (double)a.size(), 1e-30));
+}
+
+template <typename F>
+bool throws_with(F f, const std::string& needle, std::string* msg = nullptr) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (msg) *msg = e.what();
+    return std::string(e.what()).find(needle) != std::string::npos;
+  }
+  return false;
+}
+
+// ---- spec grammar -----------------------------------------------------------------------------
+
+void test_spec() {
+  // canonical form is a fixed point, presets parse
+  for (const char* p : {"q8", "q4", "q2", "balanced", "max"}) {
+    const KvSpec s = parse_kv_spec(p);
+    const std::string c = kv_spec_string(s);
+    report(kv_spec_string(parse_kv_spec(c)) == c, std::string("spec preset ") + p, c);
+  }
+  {
+    const KvSpec s = parse_kv_spec("k4v2g32r128");
+    report(s.tiers.size() == 1 && s.tiers[0].kbits == 4 && s.tiers[0].vbits == 2 && s.group == 32 && s.residual == 128,
+           "spec compact k4v2g32r128", kv_spec_string(s));
+  }
+  {
+    const KvSpec s = parse_kv_spec("q4,r64,b0.5,snapkv,ow16,o0.01");
+    report(s.tiers[0].kbits == 4 && s.residual == 64 && s.budget_frac == 0.5 && s.policy == KvPolicy::SnapKV && s.obs_window == 16 &&
+               s.outliers == 0.01 && s.rotate,
+           "spec preset + overrides", kv_spec_string(s));
+  }
+  {
+    const KvSpec s = parse_kv_spec("t8:0.1/4x2:0.3/2,b2048,agnostic,s2,w64");
+    const bool ok = s.tiers.size() == 3 && s.tiers[0].kbits == 8 && s.tiers[1].kbits == 4 && s.tiers[1].vbits == 2 &&
+                    std::fabs(s.tiers[2].frac - 0.6) < 1e-9 && s.budget_tokens == 2048 && s.policy == KvPolicy::Agnostic &&
+                    s.sinks == 2 && s.recent == 64;
+    const std::string c = kv_spec_string(s);
+    report(ok && c.compare(0, 19, "t8:0.1/4x2:0.3/2,g6") == 0 && kv_spec_string(parse_kv_spec(c)) == c, "spec tiers", c);
+  }
+  struct Bad {
+    const char* spec;
+    const char* needle;
+  } bad[] = {
+      {"k3", "bits must be 16, 8, 4 or 2"},
+      {"k4,t8:0.5/2", "either k/v bits or tiers"},
+      {"g48", "power of two"},
+      {"b1.5", "share must be in (0, 1]"},
+      {"b0", "token budget"},
+      {"zz4", "unknown knob"},
+      {"t8/4", "needs a share"},
+      {"t8:0.5/4:0.2", "last tier takes the rest"},
+      {"t8:0.7/4:0.6/2", "more than 1"},
+      {"t2:0.5/8", "most bits to fewest"},
+      {"k4,q8", "must come first"},
+      {"rot4", "unexpected"},
+      {"", "empty spec"},
+      {"o0.5", "outlier share"},
+      {"b3,s4", "no room beyond"},
+  };
+  for (const Bad& b : bad) {
+    std::string msg;
+    const bool ok = throws_with([&] { parse_kv_spec(b.spec); }, b.needle, &msg);
+    report(ok, std::string("spec refuses '") + b.spec + "'", msg);
+  }
+  KvShape sh{1, 2, 1, 96, 64};
+  std::string msg;
+  report(throws_with([&] { make_kv_cache(sh, "q4"); }, "power-of-two head_dim", &msg), "rotation refused for head_dim 96", msg);
+  report(make_kv_cache(sh, "q4,norot") != nullptr, "norot accepted for head_dim 96");
+  report(throws_with([&] { make_kv_cache(sh, "k4,vg64"); }, "must divide head_dim", &msg), "value group must divide head_dim", msg);
+  report(make_kv_cache(sh, "off")->spec() == "f16" && make_kv_cache(sh, "f32")->spec() == "f32", "off/f16/f32 stay dense");
+}
+
+// ---- formats ---------------------------------------------------------------------------------
+
+// Round trip of Gaussian data: RMS error over RMS of the data. Min/max asymmetric over a group of
+// g samples: the range is about 2 * 2.4 sigma for g = 64 (2 * 2.2 for 32), the step range/(2^b-1),
+// the error step/sqrt(12) (plus f16 rounding of the values at 16 bits: 2^-11 relative):
+// 8 bits 0.0055, 4 bits 0.093. At 2 bits the fit clips (kv_fit's search), near the optimal
+// uniform 2-bit quantizer of a Gaussian (step ~1 sigma, RMS error ~0.34 with the clipped tails).
+// Budgets allow 30% over.
+double roundtrip_budget(int bits) {
+  switch (bits) {
+    case 16: return 4e-4;
+    case 8: return 0.0072;
+    case 4: return 0.12;
+    case 2: return 0.45;
+    default: return 0;
+  }
+}
+
+void test_formats() {
+  report(sizeof(KvQParams) == 4 && sizeof(KvOutlier) == 4, "layout sizes");
+  // planar packing round trip for every bit width and awkward lengths
+  bool ok = true;
+  for (int bits : {8, 4, 2})
+    for (int n : {1, 3, 7, 8, 31, 64, 65, 256}) {
+      std::vector<uint8_t> buf((size_t)kv_planar_bytes(n, bits), 0);
+      std::vector<unsigned> codes((size_t)n);
+      for (auto& c : codes) c = (unsigned)(g_rng() % (1u << bits));
+      for (int i = 0; i < n; i++) kv_planar_put(buf.data(), n, bits, i, codes[i]);
+      for (int i = 0; i < n; i++) ok &= kv_planar_get(buf.data(), n, bits, i) == codes[i];
+    }
+  report(ok, "planar pack round trip");
+  // Hadamard: orthonormal and self-inverse
+  {
+    std::vector<float> x = gauss_vec(64), y = x, z = gauss_vec(64), w = z;
+    kv_hadamard(y.data(), 64);
+    kv_hadamard(w.data(), 64);
+    double d0 = 0, d1 = 0;
+    for (int i = 0; i < 64; i++) {
+      d0 += (double)x[i] * z[i];
+      d1 += (double)y[i] * w[i];
+    }
+    kv_hadamard(y.data(), 64);
+    report(std::fabs(d0 - d1) < 1e-4 && rel_rms(y, x) < 1e-6, "hadamard orthonormal, self-inverse",
+           strprintf("dot %.6f vs %.6f", d0, d1));
+  }
+  const int hd = 64, n = 64, vg = 32;
+  std::vector<float> k = gauss_vec((size_t)n * hd), v = gauss_vec((size_t)n * hd);
+  for (int bits : {16, 8, 4, 2}) {
+    std::vector<KvQParams> kp((size_t)hd), vp((size_t)n * hd / vg);
+    std::vector<uint8_t> kc((size_t)kv_key_code_bytes(n, hd, bits)), vc((size_t)n * kv_value_row_bytes(hd, bits));
+    kv_quantize_keys_ref(k.data(), n, hd, bits, nullptr, kp.data(), kc.data());
+    std::vector<float> kd((size_t)n * hd), vd((size_t)n * hd);
+    for (int j = 0; j < n; j++)
+      for (int c = 0; c < hd; c++) kd[(size_t)j * hd + c] = kv_key_dense_ref(kp.data(), kc.data(), n, bits, j, c);
+    const int RB = kv_value_row_bytes(hd, bits), ng = bits == 16 ? 0 : hd / vg;
+    for (int j = 0; j < n; j++) {
+      kv_quantize_value_row_ref(v.data() + (size_t)j * hd, hd, vg, bits, nullptr, vp.data() + (size_t)j * ng,
+                                vc.data() + (size_t)j * RB);
+      for (int c = 0; c < hd; c++)
+        vd[(size_t)j * hd + c] = kv_value_dense_ref(vp.data() + (size_t)j * ng, vc.data() + (size_t)j * RB, hd, vg, bits, c);
+    }
+    const double ek = rel_rms(kd, k), ev = rel_rms(vd, v), b = roundtrip_budget(bits);
+    report(ek < b && ev < b, strprintf("round trip %d-bit (keys per channel over %d, values per %d)", bits, n, vg),
+           strprintf("key %.4g value %.4g budget %.3g", ek, ev, b));
+  }
+  // outliers: heavy-tailed keys (a few huge elements) lose far less with a 1% side list
+  {
+    std::vector<float> kh = gauss_vec((size_t)n * hd);
+    for (int i = 0; i < 40; i++) kh[g_rng() % kh.size()] *= 20.0f;
+    double err[2];
+    for (int use = 0; use < 2; use++) {
+      std::vector<uint8_t> skip((size_t)n * hd, 0);
+      if (use) {
+        std::vector<std::vector<int>> groups((size_t)hd);
+        for (int c = 0; c < hd; c++)
+          for (int j = 0; j < n; j++) groups[c].push_back(j * hd + c);
+        kv_select_outliers_ref(kh.data(), groups, (int)(0.01 * n * hd), skip.data());
+      }
+      std::vector<KvQParams> kp((size_t)hd);
+      std::vector<uint8_t> kc((size_t)kv_key_code_bytes(n, hd, 2));
+      kv_quantize_keys_ref(kh.data(), n, hd, 2, skip.data(), kp.data(), kc.data());
+      std::vector<float> kd((size_t)n * hd);
+      for (int j = 0; j < n; j++)
+        for (int c = 0; c < hd; c++) {
+          const size_t e = (size_t)j * hd + c;
+          kd[e] = skip[e] ? kh[e] : kv_key_dense_ref(kp.data(), kc.data(), n, 2, j, c);
+        }
+      err[use] = rel_rms(kd, kh);
+    }
+    report(err[1] < 0.5 * err[0], "outliers cut 2-bit error on heavy-tailed keys", strprintf("%.4g -> %.4g", err[0], err[1]));
+  }
+}
+
+// ---- the cache against references ---------------------------------------------------------------
+
+KvShape test_shape(int n_ctx) {
+  KvShape s;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_head_kv = 2;
+  s.head_dim = 64;
+  s.n_ctx = n_ctx;
+  return s;
+}
+
+// Drives a cache like forward(): per chunk, per layer store + attend, then commit. Keeps the f32
+// originals so the test can compare against them.
+struct Driver {
+  KvShape s;
+  std::unique_ptr<KvCache> cache;
+  std::vector<std::vector<float>> k, v;  // per layer, [pos][n_head_kv*hd]
+  ThreadPool* pool;
+  Driver(const KvShape& sh, const std::string& spec, ThreadPool* p) : s(sh), cache(make_kv_cache(sh, spec)), pool(p) {
+    k.resize((size_t)sh.n_layer);
+    v.resize((size_t)sh.n_layer);
+  }
+  int kvdim() const { return s.n_head_kv * s.head_dim; }
+  // Keys with a per-channel offset and a few outlier channels, like real roped keys.
+  std::vector<float> make_keys(int n) {
+    std::vector<float> x = gauss_vec((size_t)n * kvdim());
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < kvdim(); c++) x[(size_t)i * kvdim() + c] += (c % 16 == 3) ? 4.0f : 0.3f * (float)((c * 7) % 5);
+    return x;
+  }
+  // Evaluates n tokens; check(layer, pos, n, q, out) sees each attention call.
+  template <typename F>
+  void chunk(int n, F check) {
+    const int pos = cache->n_tokens();
+    for (int l = 0; l < s.n_layer; l++) {
+      std::vector<float> kk = make_keys(n), vv = gauss_vec((size_t)n * kvdim());
+      std::vector<float> q = gauss_vec((size_t)n * s.n_head * s.head_dim, 0.5f);
+      k[l].insert(k[l].end(), kk.begin(), kk.end());
+      v[l].insert(v[l].end(), vv.begin(), vv.end());
+      cache->store(l, pos, n, kk.data(), vv.data());
+      std::vector<float> out((size_t)n * s.n_head * s.head_dim);
+      cache->attend(l, pos, n, q.data(), out.data(), pool);
+      check(l, pos, n, q, out);
+    }
+    cache->commit(pos + n);
+  }
+  void chunk(int n) {
+    chunk(n, [](int, int, int, const std::vector<float>&, const std::vector<float>&) {});
+  }
+  // The cache's own rows, dequantized, as contiguous [pos][kvdim] (all positions must be held).
+  void dequantized(int layer, std::vector<float>& kd, std::vector<float>& vd) {
+    const int hd = s.head_dim, len = (int)(k[layer].size() / kvdim());
+    kd.assign((size_t)len * kvdim(), 0.0f);
+    vd.assign((size_t)len * kvdim(), 0.0f);
+    for (int h = 0; h < s.n_head_kv; h++) {
+      std::vector<int> pos;
+      std::vector<float> hk, hv;
+      kvtest::dequantize_head(cache.get(), layer, h, pos, hk, hv);
+      for (size_t r = 0; r < pos.size(); r++)
+        for (int c = 0; c < hd; c++) {
+          kd[(size_t)pos[r] * kvdim() + h * hd + c] = hk[r * hd + c];
+          vd[(size_t)pos[r] * kvdim() + h * hd + c] = hv[r * hd + c];
+        }
+    }
+  }
+};
+
+// Attention over the original f32 rows, RMS error over RMS of the output. An output is a weighted
+// average of value rows, so the values' relative round-trip error passes through about unchanged
+// (8 bits 0.005, 4 bits 0.09, 2 bits 0.34 — see roundtrip_budget); key error perturbs the weights
+// on top (q scaled 0.5: scores ~N(0, 0.7)). Measured at these shapes: 8-bit 0.005-0.006, 4-bit
+// 0.08-0.09, 2-bit 0.24-0.37. Budgets: the value round-trip budget plus ~10%.
+double attention_budget(int bits) {
+  switch (bits) {
+    case 16: return 2e-3;
+    case 8: return 0.01;
+    case 4: return 0.13;
+    case 2: return 0.5;
+    default: return 0;
+  }
+}
+
+void test_attention(ThreadPool* pool) {
+  struct Case {
+    const char* spec;
+    int bits;
+  } cases[] = {
+      {"k16,v16,g32,vg64,r16,norot", 16}, {"k8,v8,g32,vg32,r16,norot", 8}, {"k8,v8,g64,vg64,r0,rot", 8},
+      {"k4,v4,g32,vg32,r16,rot", 4},      {"k4,v4,g64,vg16,r32,norot", 4}, {"k2,v2,g32,vg32,r16,rot", 2},
+      {"k2,v2,g64,vg32,r128,rot,o0.02", 2}, {"k4,v2,g16,vg64,r8,rot,o0.01", 2}, {"k8,v4,g128,vg32,r0,norot", 4},
+  };
+  for (const Case& cs : cases) {
+    Driver d(test_shape(600), cs.spec, pool);
+    double worst_ref = 0, worst_deq = 0, worst_orig = 0, worst_generic = 0;
+    const std::string ops = kvtest::ops_name(d.cache.get());
+    const int chunks[] = {37, 100, 1, 1, 64, 3, 130, 1, 1, 1, 90};
+    for (int n : chunks) {
+      d.chunk(n, [&](int l, int pos, int nq, const std::vector<float>& q, const std::vector<float>& out) {
+        // (a) the cache's plain reference path
+        std::vector<float> ref(out.size());
+        kvtest::set_reference(d.cache.get(), true);
+        d.cache->attend(l, pos, nq, q.data(), ref.data(), nullptr);
+        kvtest::set_reference(d.cache.get(), false);
+        worst_ref = std::max(worst_ref, rel_max(out, ref));
+        // (a') the plain tile kernels, when the optimized ones are SIMD
+        std::vector<float> gen(out.size());
+        kvtest::use_generic_ops(d.cache.get(), true);
+        d.cache->attend(l, pos, nq, q.data(), gen.data(), nullptr);
+        kvtest::use_generic_ops(d.cache.get(), false);
+        worst_generic = std::max(worst_generic, rel_max(gen, ref));
+        // (b) attention_reference over the dequantized rows
+        std::vector<float> kd, vd, deq(out.size()), orig(out.size());
+        d.dequantized(l, kd, vd);
+        attention_reference(d.s, pos, nq, q.data(), kd.data(), vd.data(), pos + nq, deq.data());
+        worst_deq = std::max(worst_deq, rel_max(out, deq));
+        // (c) attention_reference over the original f32 rows
+        attention_reference(d.s, pos, nq, q.data(), d.k[l].data(), d.v[l].data(), pos + nq, orig.data());
+        worst_orig = std::max(worst_orig, rel_rms(out, orig));
+      });
+    }
+    // (a), (b): the same dequantized numbers, float vs double sums and exp_approx (4e-6): 1e-4.
+    report(worst_ref < 1e-4 && worst_deq < 1e-4 && worst_generic < 1e-4,
+           std::string("attention = reference on dequantized rows: ") + cs.spec,
+           strprintf("max err %.3g (%s vs plain path), %.3g (generic kernels), %.3g (attention_reference)", worst_ref, ops.c_str(),
+                     worst_generic, worst_deq));
+    const double b = attention_budget(cs.bits);
+    report(worst_orig < b, std::string("attention vs f32 original: ") + cs.spec, strprintf("rms err %.4g budget %.3g", worst_orig, b));
+  }
+}
+
+// ---- accounting -------------------------------------------------------------------------------
+
+void test_accounting(ThreadPool* pool) {
+  // k4 v4, G 32, vg 32, R 16, hd 64: 100 tokens committed at once flush while the residual holds
+  // >= R + G = 48 rows: 100 -> 68 -> 36, so 2 blocks of 32 rows and 36 residual rows per head.
+  Driver d(test_shape(256), "k4,v4,g32,vg32,r16,norot,o0", pool);
+  d.chunk(100);
+  const KvStats st = d.cache->stats();
+  const int64_t hd = 64, heads = 2 * 2;
+  const int64_t block_codes = hd * 16 /*keys: 32 rows at 4 bits per channel*/ + 32 * 32 /*values*/;
+  const int64_t block_params = hd * 4 + 32 * 2 * 4;
+  const int64_t residual = 36 * hd * 2 * 2;
+  const bool parts = st.code_bytes == heads * 2 * block_codes && st.param_bytes == heads * 2 * block_params &&
+                     st.residual_bytes == heads * residual && st.outlier_bytes == 0;
+  const bool total = st.bytes == st.code_bytes + st.param_bytes + st.outlier_bytes + st.residual_bytes + st.index_bytes;
+  int64_t per_layer = 0;
+  for (int64_t b : st.per_layer) per_layer += b;
+  report(parts && total && per_layer == st.bytes && st.f16_bytes == 100 * 2 * 2 * 2 * hd * 2 && st.tokens == 100 &&
+             st.resident_tokens == 100 && st.residual_tokens == 36,
+         "stats: exact bytes (codes, scales, residual, index)",
+         strprintf("bytes %lld = codes %lld + params %lld + residual %lld + index %lld; f16 %lld", (long long)st.bytes,
+                   (long long)st.code_bytes, (long long)st.param_bytes, (long long)st.residual_bytes, (long long)st.index_bytes,
+                   (long long)st.f16_bytes));
+  // outliers are counted: 1% of 32*64 elements = 20 per block, for keys and values
+  Driver o(test_shape(256), "k4,v4,g32,vg32,r16,norot,o0.01", pool);
+  o.chunk(100);
+  const KvStats so = o.cache->stats();
+  report(so.outlier_bytes == heads * 2 * 2 * 20 * 4 && so.bytes == st.bytes + so.outlier_bytes, "stats: outlier side lists counted",
+         strprintf("%lld bytes", (long long)so.outlier_bytes));
+}
+
+// ---- truncate, save/load -------------------------------------------------------------------------
+
+void test_truncate_and_state(ThreadPool* pool) {
+  const char* spec = "k4,v2,g32,vg32,r16,rot,o0.01";
+  // A: chunks up to 150. B: the same, then 50 more, truncated back to 150 (mid-block).
+  Driver a(test_shape(400), spec, pool), b(test_shape(400), spec, pool);
+  const uint64_t seed = g_rng();
+  for (Driver* d : {&a, &b}) {
+    g_rng.seed(seed);
+    for (int n : {40, 60, 50}) d->chunk(n);
+  }
+  b.chunk(50);
+  b.cache->truncate(150);
+  for (auto& x : b.k) x.resize((size_t)150 * b.kvdim());
+  for (auto& x : b.v) x.resize((size_t)150 * b.kvdim());
+  const KvStats sa = a.cache->stats(), sb = b.cache->stats();
+  double err = 0;
+  bool exact_old = true;
+  for (int l = 0; l < 2; l++) {
+    std::vector<float> ka, va, kb, vb;
+    a.dequantized(l, ka, va);
+    b.dequantized(l, kb, vb);
+    err = std::max(err, std::max(rel_rms(kb, ka), rel_rms(vb, va)));
+    // rows quantized before 150 (outside the last R+G) are bit-identical
+    for (size_t e = 0; e < (size_t)100 * a.kvdim(); e++) exact_old &= ka[e] == kb[e] && va[e] == vb[e];
+  }
+  report(sb.tokens == 150 && sb.residual_tokens == sa.residual_tokens && sb.bytes == sa.bytes && exact_old && err < 0.3,
+         "truncate mid-block restores the residual window",
+         strprintf("bytes %lld vs %lld, residual %.0f vs %.0f, re-expanded rows differ by %.3g (2-bit)", (long long)sb.bytes,
+                   (long long)sa.bytes, sb.residual_tokens, sa.residual_tokens, err));
+  // continuing after truncate still matches the reference
+  double worst = 0;
+  b.chunk(33, [&](int l, int pos, int nq, const std::vector<float>& q, const std::vector<float>& out) {
+    std::vector<float> kd, vd, deq(out.size());
+    b.dequantized(l, kd, vd);
+    attention_reference(b.s, pos, nq, q.data(), kd.data(), vd.data(), pos + nq, deq.data());
+    worst = std::max(worst, rel_max(out, deq));
+  });
+  report(worst < 1e-4, "attention after truncate", strprintf("max err %.3g", worst));
+  b.cache->truncate(0);
+  report(b.cache->stats().bytes == 0 && b.cache->n_tokens() == 0, "truncate to 0 frees everything",
+         strprintf("%lld bytes", (long long)b.cache->stats().bytes));
+
+  // exact rewind: evictions and demotions made after a checkpoint are undone bit for bit
+  for (const char* sp : {"t8:0.3/4:0.3/2,g16,vg32,r8,rot,o0.01,b0.5,s2,w16,h2o,rw512", "k2,v4,g16,r8,b40,s2,w8,agnostic,rw512"}) {
+    Driver e(test_shape(900), sp, pool);
+    for (int n : {120, 97, 50}) e.chunk(n);
+    const int N = e.cache->n_tokens();
+    std::vector<std::vector<int>> pos0(4);
+    std::vector<std::vector<float>> k0(4), v0(4);
+    for (int i = 0; i < 4; i++) kvtest::dequantize_head(e.cache.get(), i / 2, i % 2, pos0[i], k0[i], v0[i]);
+    const KvStats s0 = e.cache->stats();
+    for (int n : {30, 1, 1, 1, 60, 1, 1, 40}) e.chunk(n);  // a question and its answer
+    const KvStats s1 = e.cache->stats();
+    e.cache->truncate(N);
+    const KvStats s2 = e.cache->stats();
+    bool same_pos = true;
+    int exact = 0, total = 0;
+    double err = 0;
+    for (int i = 0; i < 4; i++) {
+      std::vector<int> p;
+      std::vector<float> k, v;
+      kvtest::dequantize_head(e.cache.get(), i / 2, i % 2, p, k, v);
+      same_pos &= p == pos0[i];
+      if (p != pos0[i]) continue;
+      for (size_t r = 0; r < p.size(); r++) {
+        bool eq = true;
+        for (int c = 0; c < 64; c++) eq &= k[r * 64 + c] == k0[i][r * 64 + c] && v[r * 64 + c] == v0[i][r * 64 + c];
+        exact += eq;
+        total++;
+      }
+      err = std::max(err, std::max(rel_rms(k, k0[i]), rel_rms(v, v0[i])));
+    }
+    // rows that were f16 at N and quantized after it come back dequantized: at most R + G + G/2
+    // per head (the window plus a block), the rest bit-identical
+    const int approx_allowed = 4 * (8 + 16 + 8);
+    // the checkpoint's own records are dropped: later rewinds return to it, not past it
+    report(same_pos && total - exact <= approx_allowed && s1.evicted_tokens > s0.evicted_tokens && s2.evicted_tokens == s0.evicted_tokens &&
+               s1.journal_bytes > 0 && s2.journal_bytes == 0,
+           std::string("rewind undoes evictions and demotions: ") + sp,
+           strprintf("%d of %d rows bit-identical (re-expanded rows differ by %.3g), evicted %.1f -> %.1f -> %.1f, journal %lld B", exact,
+                     total, err, s0.evicted_tokens, s1.evicted_tokens, s2.evicted_tokens, (long long)s0.journal_bytes));
+  }
+
+  // save/load: identical state, identical attention; corrupt payloads refused
+  for (const char* sp : {"k4,v2,g32,vg32,r16,rot,o0.01", "t8:0.3/4:0.3/2,g16,r8,b0.6,s2,w16,h2o"}) {
+    Driver c(test_shape(400), sp, pool);
+    for (int n : {70, 1, 1, 45}) c.chunk(n);
+    std::stringstream ss;
+    c.cache->save(ss);
+    const std::string bytes = ss.str();
+    auto fresh = make_kv_cache(c.s, c.cache->spec());
+    std::stringstream in(bytes);
+    fresh->load(in);
+    std::stringstream again;
+    fresh->save(again);
+    const KvStats s0 = c.cache->stats(), s1 = fresh->stats();
+    std::vector<float> q = gauss_vec((size_t)c.s.n_head * 64), k1 = c.make_keys(1), v1 = gauss_vec(128);
+    std::vector<float> o0(q.size()), o1(q.size());
+    const int pos = c.cache->n_tokens();
+    c.cache->store(0, pos, 1, k1.data(), v1.data());
+    fresh->store(0, pos, 1, k1.data(), v1.data());
+    c.cache->attend(0, pos, 1, q.data(), o0.data(), pool);
+    fresh->attend(0, pos, 1, q.data(), o1.data(), pool);
+    report(again.str() == bytes && s0.bytes == s1.bytes && o0 == o1, std::string("save/load round trip: ") + sp,
+           strprintf("%zu bytes", bytes.size()));
+    int refused = 0, tried = 0;
+    for (size_t at : {(size_t)2, (size_t)9, (size_t)40, bytes.size() / 2, bytes.size() - 3}) {
+      std::string bad = bytes;
+      bad[at] = (char)(bad[at] ^ 0x5a);
+      auto f = make_kv_cache(c.s, c.cache->spec());
+      std::stringstream bin(bad);
+      tried++;
+      try {
+        f->load(bin);
+        // a flipped code or scale byte is a valid payload; the session's checksum catches it
+      } catch (const Error&) {
+        refused++;
+      }
+    }
+    std::string cut = bytes.substr(0, bytes.size() / 3);
+    auto f = make_kv_cache(c.s, c.cache->spec());
+    std::stringstream cin(cut);
+    report(refused >= 3 && throws_with([&] { f->load(cin); }, "kv state"), std::string("corrupt payloads refused: ") + sp,
+           strprintf("%d of %d flips refused, truncation refused", refused, tried));
+  }
+  {
+    Driver c(test_shape(64), "q4", pool);
+    c.chunk(10);
+    std::stringstream ss;
+    c.cache->save(ss);
+    auto other = make_kv_cache(c.s, "q2");
+    std::string msg;
+    report(throws_with([&] { other->load(ss); }, "KV spec", &msg), "state with another spec refused", msg);
+  }
+}
+
+// ---- bookkeeping on hand-computed cases --------------------------------------------------------------
+
+SlotTable table_of(const std::vector<int8_t>& tiers, const std::vector<float>& scores) {
+  SlotTable t;
+  t.append((int)tiers.size(), scores.data());
+  for (size_t p = 0; p < tiers.size(); p++) t.set_tier((int)p, tiers[p]);
+  return t;
+}
+
+void test_policy() {
+  const int8_t R = SlotTable::kResidual, X = SlotTable::kEvicted;
+  // 10 positions: 0 sink, 8..9 recent (residual), scores chosen by hand
+  SlotTable t = table_of({0, 1, 1, 0, 1, 1, 1, 1, R, R}, {9, 1, 5, 2, 7, 0.5f, 3, 4, 0, 0});
+  SlotRules rules;
+  rules.sinks = 1;
+  rules.recent = 2;
+  // held 10, budget 6, slack 0: evict the 4 lowest unprotected: 5 (0.5), 1 (1), 3 (2), 6 (3)
+  std::vector<int> ev = pick_evictions(t, RankKind::Direct, 10, rules, 6, 0);
+  report(ev == std::vector<int>({1, 3, 5, 6}), "evict lowest scores, sinks and recent kept", strprintf("%zu", ev.size()));
+  report(pick_evictions(t, RankKind::Direct, 10, rules, 6, 4).empty(), "no eviction within slack");
+  // PerQuery rank: score / (n - pos). n = 10: pos 2: 5/8 = 0.625; pos 7: 4/3 = 1.33; pos 4: 7/6 = 1.17;
+  // pos 6: 3/4 = 0.75; pos 3: 2/7 = 0.29; pos 1: 1/9 = 0.11; pos 5: 0.5/5 = 0.1
+  ev = pick_evictions(t, RankKind::PerQuery, 10, rules, 7, 0);
+  report(ev == std::vector<int>({1, 3, 5}), "per-query rank evicts by mean attention");
+  // ties: older first
+  SlotTable tie = table_of({0, 0, 0, 0}, {1, 1, 1, 1});
+  SlotRules none;
+  report(pick_evictions(tie, RankKind::Direct, 4, none, 2, 0) == std::vector<int>({0, 1}), "ties evict older first");
+  // everything protected: nothing to evict even over budget
+  SlotRules all;
+  all.recent = 10;
+  report(pick_evictions(t, RankKind::Direct, 10, all, 2, 0).empty(), "protected slots never evicted");
+  // evict and rewind: held counts follow
+  for (int p : ev) t.set_tier(p, X);
+  const int held_after = t.held;
+  t.truncate(5);  // keeps 0..4: 1 and 3 evicted
+  report(held_after == 7 && t.held == 3 && t.size() == 5, "held count through eviction and rewind",
+         strprintf("%d then %d", held_after, t.held));
+
+  // tiers 0.25 / 0.25 / rest over the unprotected quantized slots
+  SlotTable u = table_of({0, 0, 0, 0, 0, 0, 0, 0, 0, R}, {0, 8, 7, 6, 5, 4, 3, 2, 1, 0});
+  SlotRules r1;
+  r1.sinks = 1;
+  r1.recent = 1;
+  // candidates 1..8 ranked 1,2,...,8 by score: tier 0 gets 2 (pos 1, 2), tier 1 the next 2 (3, 4),
+  // tier 2 the rest (5..8)
+  TierPlan plan = plan_tiers(u, RankKind::Direct, 10, r1, {0.25, 0.25, 0.5}, 1);
+  report(plan.moves[1] == std::vector<int>({3, 4}) && plan.moves[2] == std::vector<int>({5, 6, 7, 8}) && plan.moves[0].empty() &&
+             plan.thresholds == std::vector<float>({7, 5}),
+         "tier plan: fractions and thresholds");
+  // demotion only: a slot already at tier 2 whose score rose stays there
+  u.set_tier(2, 2);
+  plan = plan_tiers(u, RankKind::Direct, 10, r1, {0.25, 0.25, 0.5}, 1);
+  report(std::find(plan.moves[0].begin(), plan.moves[0].end(), 2) == plan.moves[0].end() && plan.moves[0].empty(),
+         "never promoted");
+  // protected slots are ranked (they shape the shares) but never moved
+  {
+    SlotTable w = table_of({0, 0, 0, 0, 0, 0}, {1, 2, 3, 4, 5, 6});
+    SlotRules r2;
+    r2.recent = 2;  // positions 4, 5 protected, and the most important
+    TierPlan pw = plan_tiers(w, RankKind::Direct, 6, r2, {0.5, 0.5}, 1);
+    report(pw.moves[1] == std::vector<int>({0, 1, 2}) && pw.thresholds == std::vector<float>({4}),
+           "tier plan ranks protected slots without moving them");
+  }
+  // min batch holds back small demotions
+  plan = plan_tiers(u, RankKind::Direct, 10, r1, {0.25, 0.25, 0.5}, 4);
+  report(plan.moves[1].empty() && plan.moves[2].size() == 4, "demotions wait for a batch");
+}
+
+// ---- eviction, importance, tiers in a live cache ----------------------------------------------------
+
+void test_live_policy(ThreadPool* pool) {
+  // H2O mass: every query's attention sums to 1 per head, so a chunk of n queries adds exactly
+  // n * group (2 query heads per KV head) to a KV head's scores when nothing is evicted.
+  {
+    Driver d(test_shape(512), "t8:0.5/4,g16,r8,b1.0,s2,w8,h2o", pool);
+    d.chunk(40);
+    double worst = 0;
+    for (int step = 0; step < 3; step++) {
+      std::vector<std::vector<float>> before(4);
+      std::vector<int> tier;
+      for (int i = 0; i < 4; i++) kvtest::slot_table(d.cache.get(), i / 2, i % 2, before[i], tier);
+      const int nq = step == 0 ? 17 : 1;
+      d.chunk(nq);
+      for (int i = 0; i < 4; i++) {
+        std::vector<float> after;
+        kvtest::slot_table(d.cache.get(), i / 2, i % 2, after, tier);
+        double added = 0;
+        for (size_t p = 0; p < after.size(); p++) added += after[p] - (p < before[i].size() ? before[i][p] : 0.0f);
+        worst = std::max(worst, std::fabs(added - 2.0 * nq) / (2.0 * nq));
+      }
+    }
+    report(worst < 1e-4, "h2o: attention mass gathered inside attend sums to queries x heads", strprintf("rel err %.3g", worst));
+  }
+  // Importance per position, against softmax weights computed in double from the dequantized rows
+  // at the time of the attention (multi-query chunks use a second pass, decode steps the kept
+  // scores). H2O adds the weights; SnapKV averages the last `ow` queries' weights, max-pools them
+  // over 7 neighbouring positions and keeps the maximum.
+  for (const bool snap : {false, true}) {
+    Driver d(test_shape(512), snap ? "t8:0.5/4,g16,r8,b1.0,s2,w8,snapkv,ow4" : "t8:0.5/4,g16,r8,b1.0,s2,w8,h2o", pool);
+    d.chunk(40);
+    double worst_pos = 0;
+    for (int nq : {9, 1, 1}) {
+      std::vector<std::vector<float>> before(4), expect(4);
+      std::vector<int> tier;
+      for (int i = 0; i < 4; i++) kvtest::slot_table(d.cache.get(), i / 2, i % 2, before[i], tier);
+      const int first = snap ? std::max(0, nq - 4) : 0;
+      d.chunk(nq, [&](int l, int pos, int n, const std::vector<float>& q, const std::vector<float>&) {
+        for (int h = 0; h < 2; h++) {
+          std::vector<int> ps;
+          std::vector<float> k, v;
+          kvtest::dequantize_head(d.cache.get(), l, h, ps, k, v);
+          std::vector<float>& e = expect[(size_t)l * 2 + h];
+          e.assign((size_t)(pos + n), 0.0f);
+          for (int i = first; i < n; i++)
+            for (int g = 0; g < 2; g++) {
+              const float* qh = q.data() + ((size_t)i * 4 + h * 2 + g) * 64;
+              std::vector<double> sc;
+              double mx = -1e300, sum = 0;
+              for (size_t j = 0; j < ps.size() && ps[j] <= pos + i; j++) {
+                double dd = 0;
+                for (int c = 0; c < 64; c++) dd += (double)qh[c] * k[j * 64 + c];
+                sc.push_back(dd / 8.0);
+                mx = std::max(mx, sc.back());
+              }
+              for (double& x : sc) sum += (x = std::exp(x - mx));
+              for (size_t j = 0; j < sc.size(); j++) e[(size_t)ps[j]] += (float)(sc[j] / sum);
+            }
+          if (snap) {
+            std::vector<float> pooled(e.size());
+            for (size_t p = 0; p < e.size(); p++) {
+              float m = 0;
+              for (size_t x = p >= 3 ? p - 3 : 0; x <= std::min(e.size() - 1, p + 3); x++) m = std::max(m, e[x]);
+              const float old = p < before[(size_t)l * 2 + h].size() ? before[(size_t)l * 2 + h][p] : 0.0f;
+              pooled[p] = std::max(old, m / (float)((n - first) * 2)) - old;  // the expected increase
+            }
+            e = pooled;
+          }
+        }
+      });
+      for (int i = 0; i < 4; i++) {
+        std::vector<float> after;
+        kvtest::slot_table(d.cache.get(), i / 2, i % 2, after, tier);
+        for (size_t p = 0; p < after.size(); p++) {
+          const double got = after[p] - (p < before[i].size() ? before[i][p] : 0.0f);
+          worst_pos = std::max(worst_pos, std::fabs(got - expect[i][p]));
+        }
+      }
+    }
+    report(worst_pos < 2e-5, std::string(snap ? "snapkv" : "h2o") + ": importance per position = softmax weights (chunk and decode paths)",
+           strprintf("max abs err %.3g", worst_pos));
+  }
+  // Budget: held <= budget + slack; sinks and recent always held; attention = reference on held rows.
+  for (const char* sp : {"k4,v4,g16,vg32,r8,rot,b0.5,s4,w16,h2o", "k2,v2,g16,r8,b64,s4,w16,snapkv,ow8",
+                         "t8:0.2/4:0.3/2,g16,r8,b0.6,s4,w16,agnostic,o0.01"}) {
+    Driver d(test_shape(800), sp, pool);
+    const KvSpec spec = parse_kv_spec(sp);
+    double worst = 0;
+    bool bounded = true, kept = true, monotone = true;
+    std::vector<std::vector<int8_t>> last_tier((size_t)2 * 2);
+    auto check = [&](int l, int pos, int nq, const std::vector<float>& q, const std::vector<float>& out) {
+      std::vector<float> ref(out.size());
+      kvtest::set_reference(d.cache.get(), true);
+      d.cache->attend(l, pos, nq, q.data(), ref.data(), nullptr);
+      kvtest::set_reference(d.cache.get(), false);
+      worst = std::max(worst, rel_max(out, ref));
+    };
+    for (int step = 0; step < 12; step++) {
+      d.chunk(step % 3 == 0 ? 97 : 5, check);
+      const int n = d.cache->n_tokens();
+      const int budget = spec.budget_tokens > 0 ? spec.budget_tokens : (int)std::ceil(spec.budget_frac * n);
+      for (int l = 0; l < 2; l++)
+        for (int h = 0; h < 2; h++) {
+          std::vector<int> pos;
+          std::vector<float> k, v;
+          kvtest::dequantize_head(d.cache.get(), l, h, pos, k, v);
+          bounded &= (int)pos.size() <= std::max(budget + spec.group / 2, spec.sinks + spec.recent + spec.residual + spec.group);
+          for (int p = 0; p < std::min(n, spec.sinks); p++) kept &= std::binary_search(pos.begin(), pos.end(), p);
+          for (int p = std::max(0, n - spec.recent); p < n; p++) kept &= std::binary_search(pos.begin(), pos.end(), p);
+        }
+      if (spec.tiers.size() > 1)
+        for (int i = 0; i < 4; i++) {
+          std::vector<float> sc;
+          std::vector<int> tier;
+          kvtest::slot_table(d.cache.get(), i / 2, i % 2, sc, tier);
+          for (size_t p = 0; p < last_tier[i].size() && p < tier.size(); p++) {
+            const int was = last_tier[i][p], now = tier[p];
+            if (was == SlotTable::kResidual || was == SlotTable::kEvicted) continue;
+            monotone &= now == SlotTable::kEvicted || now >= was;  // demotion only
+          }
+          last_tier[i].assign(tier.begin(), tier.end());
+        }
+    }
+    const KvStats st = d.cache->stats();
+    std::string tiers;
+    for (double t : st.tier_tokens) tiers += strprintf(" %.1f", t);
+    report(bounded && kept && monotone && worst < 1e-4, std::string("eviction keeps budget, sinks, recent; demotion only: ") + sp,
+           strprintf("resident %.1f of %lld (tiers%s, residual %.1f), evicted %.1f, attention err %.3g", st.resident_tokens,
+                     (long long)st.tokens, tiers.c_str(), st.residual_tokens, st.evicted_tokens, worst));
+  }
+}
+
+// Decode-step attention time at a long context, one layer of Llama-3.2-1B's shape (32 heads, 8 KV
+// heads, head_dim 64), per spec. Informational.
+void timing(ThreadPool* pool, int ctx) {
+  std::printf("bytes per token per layer at %d tokens, one layer of 8 KV heads x 64 (f16: 2048)\n", ctx);
+  KvShape s;
+  s.n_layer = 1;
+  s.n_head = 32;
+  s.n_head_kv = 8;
+  s.head_dim = 64;
+  s.n_ctx = ctx + 64;
+  std::vector<std::string> specs = {"f16", "q8", "q4", "q2", "balanced", "max"};
+  if (const char* only = std::getenv("TEST_KV_TIMING_SPEC")) {  // ';'-separated
+    specs.clear();
+    std::string all = only;
+    for (size_t a = 0, b; a <= all.size(); a = b + 1) {
+      b = all.find(';', a);
+      if (b == std::string::npos) b = all.size();
+      if (b > a) specs.push_back(all.substr(a, b - a));
+    }
+  }
+  for (const std::string& sp : specs) {
+    auto c = make_kv_cache(s, sp);
+    for (int pos = 0; pos < ctx; pos += 256) {
+      std::vector<float> k = gauss_vec((size_t)256 * 512), v = gauss_vec((size_t)256 * 512);
+      c->store(0, pos, 256, k.data(), v.data());
+      c->commit(pos + 256);
+    }
+    std::vector<float> q = gauss_vec(32 * 64), out(32 * 64), k = gauss_vec(512), v = gauss_vec(512);
+    const int reps = std::getenv("TEST_KV_TIMING_REPS") ? std::atoi(std::getenv("TEST_KV_TIMING_REPS")) : 20;
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+      const int pos = c->n_tokens();
+      c->store(0, pos, 1, k.data(), v.data());
+      const auto t0 = std::chrono::steady_clock::now();
+      c->attend(0, pos, 1, q.data(), out.data(), pool);
+      best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      c->commit(pos + 1);
+    }
+    const KvStats st = c->stats();
+    const double t = (double)st.tokens;
+    std::printf("timing decode attention @%d, 1 layer 32/8 heads: %-9s %8.1f us  %6.0f B/token (%.2fx smaller; codes %.0f scales %.0f "
+                "outliers %.0f residual %.0f index %.0f journal %.0f; resident %.0f)\n",
+                ctx, sp.c_str(), best, (double)st.bytes / t, (double)st.f16_bytes / (double)st.bytes, st.code_bytes / t,
+                st.param_bytes / t, st.outlier_bytes / t, st.residual_bytes / t, st.index_bytes / t, st.journal_bytes / t,
+                st.resident_tokens);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t seed = (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+  bool timing_only = false;
+  for (int i = 1; i < argc; i++) {
+    if (argv[i][0] != '-') seed = std::strtoull(argv[i], nullptr, 10);
+    if (std::string(argv[i]) == "--timing") timing_only = true;
+  }
+  std::printf("test_kv seed %llu\n", (unsigned long long)seed);
+  g_rng.seed(seed);
+  ThreadPool pool(2);
+  if (timing_only) {
+    ThreadPool one(1);
+    const char* ctx = std::getenv("TEST_KV_TIMING_CTX");
+    timing(&one, ctx ? std::atoi(ctx) : 4096);
+    return 0;
+  }
+  test_spec();
+  test_formats();
+  test_attention(&pool);
+  test_accounting(&pool);
+  test_truncate_and_state(&pool);
+  test_policy();
+  test_live_policy(&pool);
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
