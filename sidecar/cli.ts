@@ -222,6 +222,7 @@ export function registerCommand(name: string, c: Command): void {
   commands[name] = c;
 }
 
+require('./bench'); // registers `llamakv bench`
 
 if (require.main === module) {
   main(process.argv.slice(2)).then((code) => {
