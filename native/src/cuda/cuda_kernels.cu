@@ -1,0 +1,158 @@
+// cuda_kernels.cu — the small kernels of the forward pass: embedding rows, RMSNorm, SwiGLU,
+// RoPE fused with the KV store, arg-max of the logits; and the error helpers of cuda_common.cuh.
+#include <climits>
+
+#include "cuda_kernels.cuh"
+
+namespace lkv {
+
+void cuda_check(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return;
+  (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  throw Error(strprintf("CUDA error in %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err)));
+}
+
+void* cuda_alloc(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaSuccess) return p;
+  (void)cudaGetLastError();
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  int dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceProp prop;
+  const char* name = cudaGetDeviceProperties(&prop, dev) == cudaSuccess ? prop.name : "the GPU";
+  if (err == cudaErrorMemoryAllocation)
+    throw Error(strprintf("CUDA out of memory: %s needs %.1f MiB, %.1f MiB of %.1f MiB are free on %s", what,
+                          bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, name));
+  throw Error(strprintf("CUDA error allocating %.1f MiB for %s: %s", bytes / 1048576.0, what, cudaGetErrorString(err)));
+}
+
+namespace {
+
+__device__ __forceinline__ float block_sum(float v, float* red /* [32] shared */) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0;
+  for (int w = 0; w < nw; w++) s += red[w];  // same order in every thread: every thread gets the same sum
+  __syncthreads();                           // red may be reused by the caller
+  return s;
+}
+
+template <uint32_t T>
+__global__ void get_rows_kernel(DevMatrix W, const int32_t* ids, float* out) {
+  const int t = blockIdx.y, row = ids[t];
+  float* dst = out + (size_t)t * W.cols;
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < W.cols / 8; o += gridDim.x * blockDim.x) {
+    float v[8];
+    dequant8<T>(W, row, 8 * o, v);
+    ((float4*)dst)[2 * o] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4*)dst)[2 * o + 1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
+
+// One block per row. out may alias x: each element is read and written by the same thread.
+__global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + (size_t)blockIdx.x * d;
+  float* orow = out + (size_t)blockIdx.x * d;
+  float ss = 0;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = block_sum(ss, red);
+  const float scale = 1.0f / sqrtf(ss / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) orow[i] = xr[i] * scale * w[i];
+}
+
+__global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+// Block (hd/2, 8): thread x owns pair x of every head; the heads are split over y. The angle is
+// computed in double, as rope_apply does, and the rotation rounded as it rounds (no FMA), so q and
+// k match the CPU; k and v are then stored as f16.
+__global__ void rope_store_kernel(RopeShape r, const int* pos, float* q, const float* k, const float* v,
+                                  __half* k_cache, __half* v_cache) {
+  const int t = blockIdx.x, i = threadIdx.x, hd = r.head_dim;
+  const int p = *pos + t;
+  double sn_d, cs_d;
+  sincos((double)p * r.inv_freq[i], &sn_d, &cs_d);
+  const float cs = (float)cs_d, sn = (float)sn_d;
+  for (int h = threadIdx.y; h < r.n_head + r.n_head_kv; h += blockDim.y) {
+    if (h < r.n_head) {
+      float2* x = (float2*)(q + ((size_t)t * r.n_head + h) * hd) + i;
+      const float2 a = *x;
+      *x = make_float2(__fsub_rn(__fmul_rn(a.x, cs), __fmul_rn(a.y, sn)), __fadd_rn(__fmul_rn(a.x, sn), __fmul_rn(a.y, cs)));
+    } else {
+      const int hk = h - r.n_head;
+      const size_t src = ((size_t)t * r.n_head_kv + hk) * hd + 2 * i;
+      const size_t dst = ((size_t)hk * r.n_ctx + p) * hd + 2 * i;
+      const float2 a = *(const float2*)(k + src), b = *(const float2*)(v + src);
+      const float k0 = __fsub_rn(__fmul_rn(a.x, cs), __fmul_rn(a.y, sn));
+      const float k1 = __fadd_rn(__fmul_rn(a.x, sn), __fmul_rn(a.y, cs));
+      *(__half2*)(k_cache + dst) = __halves2half2(__float2half_rn(k0), __float2half_rn(k1));
+      *(__half2*)(v_cache + dst) = __halves2half2(__float2half_rn(b.x), __float2half_rn(b.y));
+    }
+  }
+}
+
+// One block: the largest value, lowest index on ties (as std::max_element); NaNs never win.
+__global__ void argmax_kernel(const float* x, int n, int32_t* out) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  float best = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    if (x[i] > best || (bi == INT_MAX && x[i] == best)) { best = x[i]; bi = i; }
+  auto better = [](float v, int i, float bv, int b) { return v > bv || (v == bv && i < b); };
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (better(ov, oi, best, bi)) { best = ov; bi = oi; }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) { sv[warp] = best; si[warp] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x + 31) / 32; w++)
+      if (better(sv[w], si[w], best, bi)) { best = sv[w]; bi = si[w]; }
+    *out = bi == INT_MAX ? 0 : bi;  // all NaN: token 0
+  }
+}
+
+}  // namespace
+
+void launch_get_rows(const DevMatrix& W, const int32_t* ids, int n, float* out, cudaStream_t s) {
+  const int threads = 128, blocks = std::min(ceil_div(W.cols / 8, threads), 64);
+  dispatch_type(W.type, [&](auto t) { get_rows_kernel<decltype(t)::value><<<dim3(blocks, n), threads, 0, s>>>(W, ids, out); });
+  LKV_CUDA_LAUNCHED("get_rows");
+}
+
+void launch_rmsnorm(float* out, const float* x, const float* w, int rows, int d, float eps, cudaStream_t s) {
+  rmsnorm_kernel<<<rows, 256, 0, s>>>(out, x, w, d, eps);
+  LKV_CUDA_LAUNCHED("rmsnorm");
+}
+
+void launch_silu_mul(float* gate, const float* up, int64_t n, cudaStream_t s) {
+  const int threads = 256, blocks = (int)std::min<int64_t>((n + threads - 1) / threads, 65536);
+  silu_mul_kernel<<<blocks, threads, 0, s>>>(gate, up, n);
+  LKV_CUDA_LAUNCHED("silu_mul");
+}
+
+void launch_rope_store(const RopeShape& r, const int* pos, int n, float* q, const float* k, const float* v,
+                       __half* k_cache, __half* v_cache, cudaStream_t s) {
+  rope_store_kernel<<<n, dim3(r.head_dim / 2, 8), 0, s>>>(r, pos, q, k, v, k_cache, v_cache);
+  LKV_CUDA_LAUNCHED("rope_store");
+}
+
+void launch_argmax(const float* x, int n, int32_t* out, cudaStream_t s) {
+  argmax_kernel<<<1, 1024, 0, s>>>(x, n, out);
+  LKV_CUDA_LAUNCHED("argmax");
+}
+
+}  // namespace lkv

@@ -1,0 +1,47 @@
+// cuda_ops.h — each CUDA kernel behind a host-pointer call, for the test harness (test_cuda.cpp)
+// and benchmarks: inputs are uploaded, one kernel runs on device 0, outputs come back. Every
+// output buffer is passed with `guard` extra elements on each side (out[-guard .. n+guard)); the
+// whole span goes to the device and back, so a kernel that writes out of bounds shows up as a
+// changed guard. In builds without CUDA every call throws Error("built without CUDA").
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../kernels.h"
+#include "../kv_cache.h"
+#include "../model.h"
+
+namespace lkv {
+namespace cuda_ops {
+
+enum class MatmulPath { Auto, Vector, Tiled };  // Auto: as the engine picks (vector for n_tok <= 4)
+
+// y[t*W.rows + r] (=, or += with accumulate) sum_c W[r][c] * x[t*W.cols + c]
+void matmul(const WeightView& W, const float* x, int n_tok, float* y, size_t guard, bool accumulate, MatmulPath path);
+// out[i*W.cols + c] = W[ids[i]][c]
+void get_rows(const WeightView& W, const int32_t* ids, int n, float* out, size_t guard);
+// out[r*d + i] = x[r*d + i] / sqrt(mean_i(x[r]^2) + eps) * w[i]
+void rmsnorm(float* out, const float* x, const float* w, int rows, int d, float eps, size_t guard);
+// gate[i] = silu(gate[i]) * up[i]
+void silu_mul(float* gate, const float* up, int n, size_t guard);
+// RoPE of q [n][n_head][hd] in place and of k [n][n_head_kv][hd], then k and v stored as f16 at
+// positions [pos, pos+n) of a cache [n_head_kv][n_ctx][hd]. k_cache/v_cache hold the whole cache
+// (initial contents uploaded, final contents returned).
+void rope_store(const LlamaConfig& c, int n_ctx, int pos, int n, float* q, const float* k, const float* v,
+                uint16_t* k_cache, uint16_t* v_cache);
+// Attention of n queries at positions [pos, pos+n) over n_kv cached positions whose keys and
+// values are given as floats [n_kv][n_head_kv*hd] (rounded to f16 on the way in, as the cache
+// stores them). n_splits: 0 = as the engine picks; otherwise the number of key ranges per query.
+void attention(const KvShape& s, int pos, int n, const float* q, const float* k, const float* v, int n_kv, float* out,
+               size_t guard, int n_splits);
+int32_t argmax(const float* x, int n);
+// Runs on the CPU, no device needed: W rewritten into the device layout and read back through
+// the kernels' decoder (dequant8, compiled for the host too), out [rows][cols]. Lets a machine
+// without a GPU check the layout and decoding of every format against dequantize_row_ref.
+void dequantize_on_host(const WeightView& W, float* out);
+// Device-to-device copy of a buffer of `bytes`, best of a few: (bytes read + bytes written) / s.
+double copy_bandwidth_gbs(size_t bytes);
+
+}  // namespace cuda_ops
+}  // namespace lkv

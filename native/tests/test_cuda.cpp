@@ -1,0 +1,930 @@
+// test_cuda.cpp — the CUDA backend against the CPU references: every kernel on fresh random inputs
+// (named error budgets, NaN checks, guard values around every device output), whole forward passes
+// of generated models against forward.cpp with the reference kernels, the KV state payload, and
+// the error paths. Without a usable GPU, or in a build without CUDA, every case prints SKIP with
+// the reason and the run ends "0 passed, 0 failed, N skipped" with exit status 0. Needs no model.
+// Usage: test_cuda [seed] [--only=PREFIX]   (e.g. --only=attention)
+//        test_cuda --host [seed]   (no GPU needed: the device weight layout and decoder, run on the CPU)
+//        test_cuda --bench [--model FILE | --synth FILE [--preset 1b|tiny]] [--ctx 4096,32768] [--decode 64]
+//          decode and prefill tokens/s and achieved bandwidth against the device's copy bandwidth;
+//          --synth writes a Llama-3.2-1B-shaped (or tiny) q8_0 model to FILE first unless it exists.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <unistd.h>
+
+#include "common.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_ops.h"
+#include "forward.h"
+#include "kernels.h"
+#include "kv_cache.h"
+#include "model.h"
+#include "quant.h"
+
+using namespace lkv;
+
+namespace {
+
+int g_passed = 0, g_failed = 0, g_skipped = 0;
+std::string g_skip_reason;  // non-empty: no usable device, every case is skipped
+std::string g_only;         // --only=PREFIX: run just the cases whose name starts with it
+std::mt19937_64 g_rng;
+
+void report(bool ok, const std::string& name, const std::string& detail) {
+  (ok ? g_passed : g_failed)++;
+  std::printf("%s %s  %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+// One case: skipped (never passed) without a device; an exception fails it.
+void run_case(const std::string& name, const std::function<bool(std::string&)>& body) {
+  if (name.compare(0, g_only.size(), g_only) != 0) return;
+  if (!g_skip_reason.empty()) {
+    g_skipped++;
+    std::printf("SKIP %s  (%s)\n", name.c_str(), g_skip_reason.c_str());
+    return;
+  }
+  std::string detail;
+  bool ok = false;
+  try {
+    ok = body(detail);
+  } catch (const std::exception& e) {
+    detail += std::string(" threw: ") + e.what();
+  }
+  report(ok, name, detail);
+}
+
+float gauss() {
+  static std::normal_distribution<float> nd(0.f, 1.f);
+  return nd(g_rng);
+}
+std::vector<float> gauss_vec(size_t n, float scale = 1.f) {
+  std::vector<float> v(n);
+  for (auto& f : v) f = gauss() * scale;
+  return v;
+}
+
+const uint32_t kF32 = (uint32_t)GgmlType::F32, kF16 = (uint32_t)GgmlType::F16, kBF16 = (uint32_t)GgmlType::BF16,
+               kQ8_0 = (uint32_t)GgmlType::Q8_0, kQ4_0 = (uint32_t)GgmlType::Q4_0, kQ4_K = (uint32_t)GgmlType::Q4_K,
+               kQ6_K = (uint32_t)GgmlType::Q6_K;
+const uint32_t kWeightTypes[] = {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K};
+
+// ---- error budgets --------------------------------------------------------------------------
+// Matmul: the device dequantizes exactly (the same float products as quant.cpp's reference) and
+// multiplies f32 activations, so for every type only the summation differs from the reference
+// (float, in a fixed order, against double): RMS error over the dot-product scale ~1e-7. Budget:
+// the CPU's budget for float weights, 2e-6; the largest single error 6x that.
+constexpr double kMatmulBudget = 2e-6;
+// RMSNorm: float sum of squares against double: 1e-5 relative per element (as test_kernels).
+constexpr double kRmsnormBudget = 1e-5;
+// SwiGLU: expf is within 2 ulp: 2e-6 of (|out| + |up|) per element.
+constexpr double kSiluBudget = 2e-6;
+// RoPE: the same double angles and float roundings as rope_apply; the device's sin/cos may be an
+// ulp away: 1e-6 of the pair's magnitude. Cached k and v: within one f16 step (2^-10 relative).
+constexpr double kRopeBudget = 1e-6;
+// Attention against attention_reference (double) over the same f16-rounded keys and values:
+// float sums and exp2f (2 ulp): largest error 5e-5 of the values' RMS.
+constexpr double kAttentionBudget = 5e-5;
+// Forward pass against forward.cpp with the reference kernels, both with an f16 cache: largest
+// |logit difference| over the logits' RMS. Summation order alone gives ~1e-5; what dominates is a
+// key that rounds to the neighbouring f16 on one side: 3e-5 .. 6e-4 seen over seeds. Budget 2e-3
+// (a wrong RoPE, mask or scale is off by O(1)).
+constexpr double kForwardBudget = 2e-3;
+
+// ---- guarded output buffers (the device gets the whole span and must leave the guards) -------
+
+constexpr size_t kGuard = 64;  // a multiple of 4: outputs stay 16-byte aligned on the device
+constexpr uint32_t kSentinel = 0x7fa5c3e1u;  // a NaN with a recognizable payload
+
+struct Guarded {
+  std::vector<float> buf;
+  size_t n;
+  explicit Guarded(size_t n_) : buf(n_ + 2 * kGuard), n(n_) {
+    float s;
+    std::memcpy(&s, &kSentinel, 4);
+    for (auto& f : buf) f = s;  // outputs start as NaN too: an unwritten output fails the NaN check
+  }
+  float* data() { return buf.data() + kGuard; }
+  bool guards_intact() const {
+    for (size_t i = 0; i < kGuard; i++) {
+      uint32_t a, b;
+      std::memcpy(&a, &buf[i], 4);
+      std::memcpy(&b, &buf[kGuard + n + i], 4);
+      if (a != kSentinel || b != kSentinel) return false;
+    }
+    return true;
+  }
+};
+
+// Largest and RMS |got - want| over `scale`; non-finite outputs make both infinite.
+struct Diff {
+  double max = 0, rms = 0;
+  bool finite = true;
+};
+Diff diff(const float* got, const float* want, size_t n, double scale) {
+  Diff d;
+  double e2 = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!std::isfinite(got[i])) d.finite = false;
+    const double e = std::fabs((double)got[i] - want[i]);
+    e2 += e * e;
+    if (!(e <= d.max)) d.max = e;
+  }
+  d.max /= scale;
+  d.rms = std::sqrt(e2 / std::max<size_t>(n, 1)) / scale;
+  if (!d.finite) d.max = d.rms = INFINITY;
+  return d;
+}
+
+double rms_of(const float* x, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+  return std::sqrt(s / std::max<size_t>(n, 1)) + 1e-30;
+}
+
+std::string fmt(const char* f, double a, double b = 0, double c = 0) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, f, a, b, c);
+  return buf;
+}
+
+// A random weight matrix: quantized Gaussian data, or (raw) random bytes with sane scale fields,
+// which reach every bit pattern of the values.
+std::vector<uint8_t> make_weights(uint32_t type, int64_t rows, int64_t cols, bool raw, float scale = 0.05f) {
+  const size_t rb = ggml_row_bytes(type, cols);
+  std::vector<uint8_t> w(rb * rows);
+  if (!raw || type == kF32 || type == kF16 || type == kBF16) {
+    for (int64_t r = 0; r < rows; r++) {
+      std::vector<float> row = gauss_vec(cols, scale);
+      quantize_row_ref(type, row.data(), w.data() + r * rb, cols);
+    }
+    return w;
+  }
+  for (auto& b : w) b = (uint8_t)g_rng();
+  auto half = [](float lo, float hi) { return f32_to_f16(std::uniform_real_distribution<float>(lo, hi)(g_rng)); };
+  const int64_t nb = rows * cols / ggml_block_size(type);
+  for (int64_t b = 0; b < nb; b++) {
+    uint8_t* blk = w.data() + b * ggml_type_size(type);
+    uint16_t h;
+    switch ((GgmlType)type) {
+      case GgmlType::Q8_0: h = half(-0.002f, 0.002f); std::memcpy(blk, &h, 2); break;
+      case GgmlType::Q4_0: h = half(-0.02f, 0.02f); std::memcpy(blk, &h, 2); break;
+      case GgmlType::Q4_K:
+        h = half(0, 0.002f); std::memcpy(blk, &h, 2);
+        h = half(0, 0.002f); std::memcpy(blk + 2, &h, 2);
+        break;
+      case GgmlType::Q6_K: h = half(-0.0002f, 0.0002f); std::memcpy(blk + 208, &h, 2); break;
+      default: break;
+    }
+  }
+  return w;
+}
+
+// ---- kernels ----------------------------------------------------------------------------------
+
+// The device layout and the kernels' decoder, run on the CPU (test_cuda --host): needs a CUDA
+// build, not a GPU. Kept out of the default run, which passes nothing without a device.
+void test_decoder_on_host(bool compiled) {
+  for (uint32_t type : kWeightTypes) {
+    const std::string name = std::string("decoder-on-host/") + ggml_type_name(type);
+    if (!compiled) {
+      g_skipped++;
+      std::printf("SKIP %s  (built without CUDA)\n", name.c_str());
+      continue;
+    }
+    std::string detail;
+    bool ok = true;
+    try {
+      for (int raw = 0; raw < 2; raw++) {
+        const int64_t rows = 9, cols = 1024;
+        std::vector<uint8_t> w = make_weights(type, rows, cols, raw);
+        const WeightView W{type, w.data(), rows, cols, ggml_row_bytes(type, cols)};
+        std::vector<float> got((size_t)rows * cols), want((size_t)rows * cols);
+        cuda_ops::dequantize_on_host(W, got.data());
+        for (int64_t r = 0; r < rows; r++) dequantize_row_ref(type, w.data() + r * W.row_bytes, want.data() + r * cols, cols);
+        ok &= std::memcmp(got.data(), want.data(), got.size() * 4) == 0;
+      }
+      detail = ok ? "device layout + dequant8 on the CPU: exact (as dequantize_row_ref)" : "MISMATCH";
+    } catch (const std::exception& e) {
+      ok = false;
+      detail = std::string("threw: ") + e.what();
+    }
+    report(ok, name, detail);
+  }
+}
+
+void test_matmul() {
+  struct Shape { int64_t rows, cols; };
+  const Shape shapes[] = {{1, 256}, {7, 256}, {33, 512}, {130, 1024}, {67, 2048}};
+  const int toks[] = {1, 2, 3, 4, 5, 33, 70};
+  for (uint32_t type : kWeightTypes)
+    for (const Shape& s : shapes)
+      for (int raw = 0; raw < 2; raw++) {
+        if (raw && (type == kF32 || type == kF16 || type == kBF16)) continue;
+        const std::string name = std::string("matmul/") + ggml_type_name(type) + "/" + std::to_string(s.rows) + "x" +
+                                 std::to_string(s.cols) + (raw ? "/raw" : "");
+        run_case(name, [&](std::string& detail) {
+          std::vector<uint8_t> w = make_weights(type, s.rows, s.cols, raw);
+          const WeightView W{type, w.data(), s.rows, s.cols, ggml_row_bytes(type, s.cols)};
+          std::vector<float> row(s.cols);
+          double worst_max = 0, e2 = 0;
+          size_t n_out = 0;
+          bool guards = true;
+          int runs = 0;
+          for (int n_tok : toks) {
+            std::vector<float> x = gauss_vec((size_t)n_tok * s.cols), ref((size_t)n_tok * s.rows);
+            kernels_reference().matmul(W, x.data(), n_tok, ref.data(), nullptr);
+            double scale2 = 0;  // typical size of one dot product (as test_kernels)
+            for (int64_t r = 0; r < s.rows; r++) {
+              dequantize_row_ref(type, w.data() + r * W.row_bytes, row.data(), s.cols);
+              for (int t = 0; t < n_tok; t++)
+                for (int64_t c = 0; c < s.cols; c++) scale2 += std::pow((double)row[c] * x[(size_t)t * s.cols + c], 2);
+            }
+            const double scale = std::sqrt(scale2 / (s.rows * (double)n_tok)) + 1e-30;
+            std::vector<cuda_ops::MatmulPath> paths = {cuda_ops::MatmulPath::Tiled};
+            if (n_tok <= 4) paths.push_back(cuda_ops::MatmulPath::Vector);
+            for (auto path : paths) {
+              const bool accumulate = (runs++ % 2) == 1;  // y += W x on every other run
+              Guarded y(ref.size());
+              std::vector<float> want = ref;
+              if (accumulate)
+                for (size_t i = 0; i < ref.size(); i++) want[i] += (y.data()[i] = gauss());
+              cuda_ops::matmul(W, x.data(), n_tok, y.data(), kGuard, accumulate, path);
+              const Diff d = diff(y.data(), want.data(), want.size(), scale);
+              worst_max = std::max(worst_max, d.max);
+              e2 += d.rms * d.rms * want.size();
+              n_out += want.size();
+              guards &= y.guards_intact();
+            }
+          }
+          const double rms = std::sqrt(e2 / n_out);
+          detail = fmt("n_tok 1..70, vector+tiled, =/+=: err rms %.2e max %.2e (budget %.1e)", rms, worst_max, kMatmulBudget) +
+                   (guards ? "" : " GUARD OVERWRITTEN");
+          return guards && rms <= kMatmulBudget && worst_max <= 6 * kMatmulBudget;
+        });
+      }
+}
+
+void test_get_rows() {
+  for (uint32_t type : kWeightTypes)
+    run_case(std::string("get_rows/") + ggml_type_name(type), [&](std::string& detail) {
+      const int64_t rows = 5, cols = 512;
+      std::vector<uint8_t> w = make_weights(type, rows, cols, true);
+      const WeightView W{type, w.data(), rows, cols, ggml_row_bytes(type, cols)};
+      const int32_t ids[4] = {3, 0, 4, 3};
+      Guarded out(4 * cols);
+      cuda_ops::get_rows(W, ids, 4, out.data(), kGuard);
+      std::vector<float> want(cols);
+      bool same = true;
+      for (int i = 0; i < 4; i++) {
+        dequantize_row_ref(type, w.data() + ids[i] * W.row_bytes, want.data(), cols);
+        same &= std::memcmp(want.data(), out.data() + i * cols, cols * 4) == 0;
+      }
+      detail = std::string(same ? "exact (as dequantize_row_ref)" : "MISMATCH") + (out.guards_intact() ? "" : " GUARD OVERWRITTEN");
+      return same && out.guards_intact();
+    });
+}
+
+void test_elementwise() {
+  for (int d : {64, 2048, 8195})
+    run_case("rmsnorm/d=" + std::to_string(d), [&](std::string& detail) {
+      const int rows = 3;
+      std::vector<float> x = gauss_vec((size_t)rows * d, 3.f), w = gauss_vec(d), want((size_t)rows * d);
+      for (int r = 0; r < rows; r++) kernels_reference().rmsnorm(want.data() + r * d, x.data() + r * d, w.data(), d, 1e-5f);
+      Guarded out((size_t)rows * d);
+      cuda_ops::rmsnorm(out.data(), x.data(), w.data(), rows, d, 1e-5f, kGuard);
+      double maxrel = 0;
+      bool finite = true;
+      for (size_t i = 0; i < want.size(); i++) {
+        finite &= std::isfinite(out.data()[i]);
+        maxrel = std::max(maxrel, std::fabs(out.data()[i] - want[i]) / (std::fabs(want[i]) + 1e-6));
+      }
+      detail = fmt("max rel err %.2e (budget %.0e)", maxrel, kRmsnormBudget) + (out.guards_intact() ? "" : " GUARD OVERWRITTEN");
+      return finite && out.guards_intact() && maxrel <= kRmsnormBudget;
+    });
+  for (int n : {1, 7, 2048, 8195})
+    run_case("silu_mul/n=" + std::to_string(n), [&](std::string& detail) {
+      std::vector<float> g = gauss_vec(n, 4.f), up = gauss_vec(n);
+      if (n > 4) { g[0] = 100.f; g[1] = -100.f; g[2] = 90.f; g[3] = -90.f; }
+      std::vector<float> want = g;
+      kernels_reference().silu_mul(want.data(), up.data(), n);
+      Guarded out(n);
+      std::memcpy(out.data(), g.data(), n * 4);
+      cuda_ops::silu_mul(out.data(), up.data(), n, kGuard);
+      double maxerr = 0;
+      bool finite = true;
+      for (int i = 0; i < n; i++) {
+        finite &= std::isfinite(out.data()[i]);
+        maxerr = std::max(maxerr, std::fabs(out.data()[i] - want[i]) / (std::fabs(want[i]) + std::fabs(up[i]) + 1e-6));
+      }
+      detail = fmt("max rel err %.2e (budget %.0e)", maxerr, kSiluBudget) + (out.guards_intact() ? "" : " GUARD OVERWRITTEN");
+      return finite && out.guards_intact() && maxerr <= kSiluBudget;
+    });
+  run_case("argmax", [&](std::string& detail) {
+    const int n = 128256;
+    std::vector<float> x = gauss_vec(n);
+    const int a = (int)(std::max_element(x.begin(), x.end()) - x.begin());
+    bool ok = cuda_ops::argmax(x.data(), n) == a;
+    x[77] = x[100000] = 1e9f;  // a tie: the lower index wins, as std::max_element
+    ok &= cuda_ops::argmax(x.data(), n) == 77;
+    for (int i = 0; i < n; i += 3) x[i] = NAN;  // NaNs never win
+    x[100000] = 2e9f;
+    ok &= cuda_ops::argmax(x.data(), n) == 100000;
+    std::vector<float> ninf(1000, -INFINITY);
+    ok &= cuda_ops::argmax(ninf.data(), 1000) == 0;
+    detail = ok ? "random, tie, NaNs, all -inf" : "WRONG INDEX";
+    return ok;
+  });
+}
+
+// Llama 3.1/3.2 rope_freqs (llama.cpp's converter): long wavelengths divided by `factor`.
+std::vector<float> llama3_freq_factors(int hd, double base, double factor = 32, double lo = 1, double hi = 4,
+                                       double orig = 8192) {
+  std::vector<float> f((size_t)hd / 2);
+  for (int i = 0; i < hd / 2; i++) {
+    const double wavelen = 2 * 3.14159265358979323846 / std::pow(base, -2.0 * i / hd);
+    if (wavelen < orig / hi) f[i] = 1.f;
+    else if (wavelen > orig / lo) f[i] = (float)factor;
+    else {
+      const double smooth = (orig / wavelen - lo) / (hi - lo);
+      f[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+    }
+  }
+  return f;
+}
+
+void test_rope_store() {
+  struct Case { int hd, n_head, n_kv; float base, freq_scale; bool llama3; };
+  const Case cases[] = {{64, 4, 2, 500000.f, 1.f, true}, {128, 8, 2, 10000.f, 0.25f, false}};
+  for (const Case& cs : cases)
+    for (int pos : {0, 5, 30000})
+      for (int n : {1, 7})
+        run_case("rope_store/hd" + std::to_string(cs.hd) + (cs.llama3 ? "/llama3" : "/linear") + "/pos" + std::to_string(pos) +
+                     "/n" + std::to_string(n),
+                 [&](std::string& detail) {
+                   LlamaConfig c;
+                   c.head_dim = cs.hd;
+                   c.n_head = cs.n_head;
+                   c.n_head_kv = cs.n_kv;
+                   c.rope_base = cs.base;
+                   c.rope_freq_scale = cs.freq_scale;
+                   c.rope_freq_factors = cs.llama3 ? llama3_freq_factors(cs.hd, cs.base) : std::vector<float>(cs.hd / 2, 1.f);
+                   const int n_ctx = pos + n + 3, qd = cs.n_head * cs.hd, kd = cs.n_kv * cs.hd;
+                   std::vector<float> q = gauss_vec((size_t)n * qd), k = gauss_vec((size_t)n * kd), v = gauss_vec((size_t)n * kd);
+                   std::vector<float> q_ref = q, k_ref = k;
+                   for (int i = 0; i < n; i++) {
+                     rope_apply(c, q_ref.data() + (size_t)i * qd, cs.n_head, pos + i);
+                     rope_apply(c, k_ref.data() + (size_t)i * kd, cs.n_kv, pos + i);
+                   }
+                   const uint16_t sentinel = 0x7E5A;  // an f16 NaN with a payload
+                   std::vector<uint16_t> kc((size_t)cs.n_kv * n_ctx * cs.hd, sentinel), vc = kc;
+                   std::vector<float> q_dev = q;
+                   cuda_ops::rope_store(c, n_ctx, pos, n, q_dev.data(), k.data(), v.data(), kc.data(), vc.data());
+                   double qerr = 0;
+                   for (size_t e = 0; e < q.size(); e += 2) {
+                     const double mag = std::fabs(q[e]) + std::fabs(q[e + 1]) + 1e-30;
+                     qerr = std::max({qerr, std::fabs(q_dev[e] - q_ref[e]) / mag, std::fabs(q_dev[e + 1] - q_ref[e + 1]) / mag});
+                     if (!std::isfinite(q_dev[e]) || !std::isfinite(q_dev[e + 1])) qerr = INFINITY;
+                   }
+                   int bad_cache = 0, touched_outside = 0;
+                   for (int h = 0; h < cs.n_kv; h++)
+                     for (int p = 0; p < n_ctx; p++)
+                       for (int d = 0; d < cs.hd; d++) {
+                         const size_t at = ((size_t)h * n_ctx + p) * cs.hd + d;
+                         if (p < pos || p >= pos + n) {
+                           touched_outside += kc[at] != sentinel || vc[at] != sentinel;
+                           continue;
+                         }
+                         const size_t src = ((size_t)(p - pos) * cs.n_kv + h) * cs.hd + d;
+                         const float kw = f16_to_f32(f32_to_f16(k_ref[src])), vw = f16_to_f32(f32_to_f16(v[src]));
+                         const float kg = f16_to_f32(kc[at]), vg = f16_to_f32(vc[at]);
+                         bad_cache += !(std::fabs(kg - kw) <= std::ldexp(std::fabs(kw), -10)) || vg != vw;
+                       }
+                   detail = fmt("q max err %.2e of the pair (budget %.0e)", qerr, kRopeBudget) +
+                            fmt("; cache: %.0f values more than one f16 step off, %.0f written outside [pos, pos+n)", bad_cache,
+                                touched_outside);
+                   return qerr <= kRopeBudget && bad_cache == 0 && touched_outside == 0;
+                 });
+}
+
+void test_attention() {
+  struct Shape { int n_head, n_kv, hd; };
+  const Shape shapes[] = {{4, 1, 64}, {8, 2, 64}, {2, 2, 64}, {6, 2, 128}, {8, 1, 128}};
+  struct Case { int pos, n, splits; };
+  const Case cases[] = {{0, 1, 0}, {200, 1, 0}, {200, 1, 1}, {200, 1, 7}, {1000, 3, 0}, {0, 37, 0}, {129, 130, 0}, {300, 8, 5}};
+  for (const Shape& sh : shapes)
+    run_case("attention/hd" + std::to_string(sh.hd) + "/heads" + std::to_string(sh.n_head) + "x" + std::to_string(sh.n_kv),
+             [&](std::string& detail) {
+               KvShape s;
+               s.n_layer = 1;
+               s.n_head = sh.n_head;
+               s.n_head_kv = sh.n_kv;
+               s.head_dim = sh.hd;
+               double worst = 0;
+               bool guards = true;
+               for (const Case& cs : cases) {
+                 const int n_kv = cs.pos + cs.n;
+                 s.n_ctx = n_kv;
+                 const size_t kvd = (size_t)sh.n_kv * sh.hd;
+                 std::vector<float> q = gauss_vec((size_t)cs.n * sh.n_head * sh.hd, 3.f);  // peaky softmax
+                 std::vector<float> k = gauss_vec(n_kv * kvd), v = gauss_vec(n_kv * kvd);
+                 for (auto* a : {&k, &v})
+                   for (auto& f : *a) f = f16_to_f32(f32_to_f16(f));  // the cache stores f16
+                 std::vector<float> want(q.size());
+                 attention_reference(s, cs.pos, cs.n, q.data(), k.data(), v.data(), n_kv, want.data());
+                 Guarded out(q.size());
+                 cuda_ops::attention(s, cs.pos, cs.n, q.data(), k.data(), v.data(), n_kv, out.data(), kGuard, cs.splits);
+                 worst = std::max(worst, diff(out.data(), want.data(), want.size(), rms_of(v.data(), v.size())).max);
+                 guards &= out.guards_intact();
+               }
+               detail = fmt("decode/prefill/splits 1..auto: max err %.2e of RMS(v) (budget %.0e)", worst, kAttentionBudget) +
+                        (guards ? "" : " GUARD OVERWRITTEN");
+               return guards && worst <= kAttentionBudget;
+             });
+}
+
+// ---- generated models -------------------------------------------------------------------------
+
+// A minimal GGUF v3 writer: metadata, tensor infos, 32-byte aligned data produced tensor by
+// tensor (so a 1B-shaped file never sits in memory whole).
+class GgufWriter {
+ public:
+  void kv_str(const std::string& k, const std::string& v) { key(k, 8); str(meta_, v); }
+  void kv_u32(const std::string& k, uint32_t v) { key(k, 4); raw(meta_, &v, 4); }
+  void kv_f32(const std::string& k, float v) { key(k, 6); raw(meta_, &v, 4); }
+  void kv_strs(const std::string& k, const std::vector<std::string>& v) {
+    key(k, 9);
+    const uint32_t t = 8;
+    const uint64_t n = v.size();
+    raw(meta_, &t, 4);
+    raw(meta_, &n, 8);
+    for (const auto& s : v) str(meta_, s);
+  }
+  void tensor(const std::string& name, std::vector<uint64_t> ne, uint32_t type, std::function<void(uint8_t*)> fill) {
+    uint64_t n = 1;
+    for (uint64_t d : ne) n *= d;
+    tensors_.push_back({name, ne, type, (size_t)(ggml_row_bytes(type, ne[0]) * (n / ne[0])), std::move(fill)});
+  }
+  void write(const std::string& path) {
+    std::string head = "GGUF";
+    const uint32_t version = 3;
+    const uint64_t nt = tensors_.size();
+    raw(head, &version, 4);
+    raw(head, &nt, 8);
+    raw(head, &n_kv_, 8);
+    head += meta_;
+    uint64_t off = 0;
+    for (const auto& t : tensors_) {
+      str(head, t.name);
+      const uint32_t nd = (uint32_t)t.ne.size();
+      raw(head, &nd, 4);
+      for (uint64_t d : t.ne) raw(head, &d, 8);
+      raw(head, &t.type, 4);
+      raw(head, &off, 8);
+      off += (t.bytes + 31) / 32 * 32;
+    }
+    head.resize((head.size() + 31) / 32 * 32, '\0');
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    LKV_CHECK((bool)out, "cannot write %s", path.c_str());
+    out.write(head.data(), (std::streamsize)head.size());
+    std::vector<uint8_t> buf;
+    for (const auto& t : tensors_) {
+      buf.assign((t.bytes + 31) / 32 * 32, 0);
+      t.fill(buf.data());
+      out.write((const char*)buf.data(), (std::streamsize)buf.size());
+    }
+    LKV_CHECK((bool)out, "failed writing %s", path.c_str());
+  }
+
+ private:
+  struct T {
+    std::string name;
+    std::vector<uint64_t> ne;
+    uint32_t type;
+    size_t bytes;
+    std::function<void(uint8_t*)> fill;
+  };
+  static void raw(std::string& s, const void* p, size_t n) { s.append((const char*)p, n); }
+  static void str(std::string& s, const std::string& v) {
+    const uint64_t n = v.size();
+    raw(s, &n, 8);
+    s += v;
+  }
+  void key(const std::string& k, uint32_t type) {
+    str(meta_, k);
+    raw(meta_, &type, 4);
+    n_kv_++;
+  }
+  std::string meta_;
+  uint64_t n_kv_ = 0;
+  std::vector<T> tensors_;
+};
+
+struct SynthSpec {
+  int n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab;
+  uint32_t type, embd_type, out_type;
+  bool tied, llama3_rope;
+  float freq_base;
+  bool fast = false;  // random blocks instead of quantized Gaussians (for 1B-sized benchmarks)
+};
+
+// Fills a matrix of `type`: Gaussian values of std `scale` through quantize_row_ref, or with
+// `fast` (q8_0/f16/bf16/f32 only) random values of about that size generated directly.
+std::function<void(uint8_t*)> matrix_fill(uint32_t type, int64_t rows, int64_t cols, float scale, bool fast, uint64_t seed) {
+  return [=](uint8_t* dst) {
+    std::mt19937_64 rng(seed);
+    const size_t rb = ggml_row_bytes(type, cols);
+    if (!fast) {
+      std::normal_distribution<float> nd(0.f, scale);
+      std::vector<float> row(cols);
+      for (int64_t r = 0; r < rows; r++) {
+        for (auto& f : row) f = nd(rng);
+        quantize_row_ref(type, row.data(), dst + r * rb, cols);
+      }
+      return;
+    }
+    uint64_t s = seed | 1;
+    auto next = [&] { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; };
+    auto unif = [&] { return (float)((next() >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f; };  // [-1, 1)
+    const int64_t n = rows * cols;
+    switch ((GgmlType)type) {
+      case GgmlType::Q8_0: {
+        const uint16_t d = f32_to_f16(scale * 1.7f / 127.f);  // uniform in +-127 d: std ~ scale
+        for (int64_t b = 0; b < n / 32; b++) {
+          uint8_t* blk = dst + b * sizeof(block_q8_0);
+          std::memcpy(blk, &d, 2);
+          for (int i = 0; i < 32; i += 8) {
+            uint64_t r = next();
+            for (int j = 0; j < 8; j++, r >>= 8) blk[2 + i + j] = (uint8_t)((r & 0xFF) == 0x80 ? 0x81 : r & 0xFF);
+          }
+        }
+        break;
+      }
+      case GgmlType::F16:
+        for (int64_t i = 0; i < n; i++) ((uint16_t*)dst)[i] = f32_to_f16(unif() * scale * 1.7f);
+        break;
+      case GgmlType::BF16:
+        for (int64_t i = 0; i < n; i++) ((uint16_t*)dst)[i] = f32_to_bf16(unif() * scale * 1.7f);
+        break;
+      case GgmlType::F32:
+        for (int64_t i = 0; i < n; i++) ((float*)dst)[i] = unif() * scale * 1.7f;
+        break;
+      default: throw Error("fast synthetic weights: q8_0, f16, bf16 or f32 only");
+    }
+  };
+}
+
+// Writes a Llama-architecture GGUF with random weights and a vocabulary of "<t%d>" tokens.
+void write_synth_model(const SynthSpec& s, const std::string& path, uint64_t seed) {
+  GgufWriter w;
+  w.kv_str("general.architecture", "llama");
+  w.kv_str("general.name", "test_cuda synthetic");
+  w.kv_u32("llama.embedding_length", s.n_embd);
+  w.kv_u32("llama.block_count", s.n_layer);
+  w.kv_u32("llama.attention.head_count", s.n_head);
+  w.kv_u32("llama.attention.head_count_kv", s.n_head_kv);
+  w.kv_u32("llama.attention.key_length", s.head_dim);
+  w.kv_u32("llama.attention.value_length", s.head_dim);
+  w.kv_u32("llama.feed_forward_length", s.n_ff);
+  w.kv_u32("llama.context_length", 131072);
+  w.kv_f32("llama.rope.freq_base", s.freq_base);
+  w.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.kv_str("tokenizer.ggml.model", "gpt2");
+  w.kv_str("tokenizer.ggml.pre", "llama-bpe");
+  std::vector<std::string> vocab((size_t)s.n_vocab);
+  for (int i = 0; i < s.n_vocab; i++) vocab[i] = "<t" + std::to_string(i) + ">";
+  w.kv_strs("tokenizer.ggml.tokens", vocab);
+  w.kv_strs("tokenizer.ggml.merges", {});
+  const uint64_t E = s.n_embd, Q = (uint64_t)s.n_head * s.head_dim, KV = (uint64_t)s.n_head_kv * s.head_dim;
+  uint64_t tseed = seed * 1000003;
+  auto mat = [&](const std::string& name, uint64_t cols, uint64_t rows, uint32_t type) {
+    w.tensor(name, {cols, rows}, type, matrix_fill(type, rows, cols, 0.05f, s.fast, ++tseed));
+  };
+  auto norm = [&](const std::string& name) {
+    const uint64_t sd = ++tseed;
+    w.tensor(name, {E}, kF32, [=](uint8_t* dst) {
+      std::mt19937_64 rng(sd);
+      std::uniform_real_distribution<float> u(0.8f, 1.2f);
+      for (uint64_t i = 0; i < E; i++) ((float*)dst)[i] = u(rng);
+    });
+  };
+  mat("token_embd.weight", E, s.n_vocab, s.embd_type);
+  norm("output_norm.weight");
+  if (!s.tied) mat("output.weight", E, s.n_vocab, s.out_type);
+  if (s.llama3_rope) {
+    const std::vector<float> f = llama3_freq_factors(s.head_dim, s.freq_base);
+    w.tensor("rope_freqs.weight", {(uint64_t)s.head_dim / 2}, kF32, [=](uint8_t* dst) { std::memcpy(dst, f.data(), f.size() * 4); });
+  }
+  for (int l = 0; l < s.n_layer; l++) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    norm(p + "attn_norm.weight");
+    mat(p + "attn_q.weight", E, Q, s.type);
+    mat(p + "attn_k.weight", E, KV, s.type);
+    mat(p + "attn_v.weight", E, KV, s.type);
+    mat(p + "attn_output.weight", Q, E, s.type);
+    norm(p + "ffn_norm.weight");
+    mat(p + "ffn_gate.weight", E, s.n_ff, s.type);
+    mat(p + "ffn_up.weight", E, s.n_ff, s.type);
+    mat(p + "ffn_down.weight", s.n_ff, E, s.type);
+  }
+  w.write(path);
+}
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("test_cuda_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+// Largest |got - want| over RMS(want), and whether the top tokens agree.
+std::string logit_diff(const std::vector<float>& got, const std::vector<float>& want, double* worst) {
+  const Diff d = diff(got.data(), want.data(), want.size(), rms_of(want.data(), want.size()));
+  *worst = std::max(*worst, d.max);
+  const bool top = std::max_element(got.begin(), got.end()) - got.begin() == std::max_element(want.begin(), want.end()) - want.begin();
+  return top ? "" : " (top-1 differs)";
+}
+
+void test_forward() {
+  struct Case { const char* name; SynthSpec s; };
+  const Case cases[] = {
+      {"f32", {256, 2, 4, 2, 64, 512, 300, kF32, kF32, kF32, true, false, 10000.f}},
+      {"f16", {256, 2, 4, 2, 64, 512, 300, kF16, kF16, kF16, true, false, 10000.f}},
+      {"bf16", {256, 2, 4, 2, 64, 512, 300, kBF16, kBF16, kBF16, true, false, 10000.f}},
+      {"q8_0", {256, 2, 4, 2, 64, 512, 300, kQ8_0, kQ8_0, kQ8_0, true, true, 500000.f}},
+      {"q4_0", {256, 2, 4, 2, 64, 512, 300, kQ4_0, kQ4_0, kQ4_0, true, false, 10000.f}},
+      {"q4_k", {256, 2, 4, 2, 64, 512, 300, kQ4_K, kQ4_K, kQ4_K, true, false, 10000.f}},
+      {"q6_k", {256, 2, 4, 2, 64, 512, 300, kQ6_K, kQ6_K, kQ6_K, true, false, 10000.f}},
+      {"hd128-gqa4-q4_k+q6_k-untied-llama3", {512, 2, 4, 1, 128, 768, 500, kQ4_K, kQ6_K, kQ6_K, false, true, 500000.f}},
+      {"hd64-gqa8-q8_0", {512, 2, 8, 1, 64, 1024, 256, kQ8_0, kQ8_0, kQ8_0, true, true, 500000.f}},
+  };
+  for (const Case& cs : cases)
+    run_case(std::string("forward/") + cs.name, [&](std::string& detail) {
+      const std::string path = temp_path(std::string(cs.name) + ".gguf");
+      write_synth_model(cs.s, path, g_rng());
+      std::unique_ptr<Model> m = Model::load(path);
+      std::remove(path.c_str());
+      const int n_ctx = 128, n_prompt = 45, n_gen = 3;
+      std::vector<int32_t> prompt(n_prompt), gen(n_gen);
+      for (auto& t : prompt) t = (int32_t)(g_rng() % cs.s.n_vocab);
+      for (auto& t : gen) t = (int32_t)(g_rng() % cs.s.n_vocab);
+
+      // CPU: forward.cpp with the reference kernels and an f16 cache
+      auto cpu = make_session_state(*m, n_ctx, "f16");
+      ForwardContext ctx;
+      ctx.kernels = &kernels_reference();
+      std::vector<std::vector<float>> want;
+      forward(*m, *cpu, prompt.data(), n_prompt, ctx, true);
+      want.push_back(cpu->logits);
+      std::ostringstream cpu_kv;
+      cpu->kv->save(cpu_kv);
+      for (int32_t t : gen) {
+        forward(*m, *cpu, &t, 1, ctx, true);
+        want.push_back(cpu->logits);
+      }
+
+      std::shared_ptr<CudaModel> cm = cuda_load(*m);
+      double worst = 0;
+      std::string notes;
+      bool ok = true;
+      // chunked prefill, then decode steps replayed from a CUDA graph
+      CudaSessionOptions small;
+      small.chunk = 16;
+      auto a = cm->new_session(n_ctx, "f16", small);
+      a->eval(prompt.data(), n_prompt, true);
+      notes += logit_diff(a->logits(), want[0], &worst);
+      std::vector<std::vector<float>> got_a = {a->logits()};
+      for (int i = 0; i < n_gen; i++) {
+        a->eval(&gen[i], 1, true);
+        notes += logit_diff(a->logits(), want[i + 1], &worst);
+        got_a.push_back(a->logits());
+        const auto& l = a->logits();
+        ok &= a->argmax() == (int32_t)(std::max_element(l.begin(), l.end()) - l.begin());
+      }
+      if (!ok) notes += " ARGMAX DIFFERS FROM THE DOWNLOADED LOGITS";
+      // the same without graphs: bit-identical
+      small.graphs = false;
+      auto b = cm->new_session(n_ctx, "f16", small);
+      b->eval(prompt.data(), n_prompt, true);
+      bool same = b->logits() == got_a[0];
+      for (int i = 0; i < n_gen; i++) {
+        b->eval(&gen[i], 1, true);
+        same &= b->logits() == got_a[i + 1];
+      }
+      if (!same) notes += " GRAPH REPLAY DIFFERS FROM EAGER";
+      // one-chunk prefill
+      auto c = cm->new_session(n_ctx, "f16");
+      c->eval(prompt.data(), n_prompt, true);
+      notes += logit_diff(c->logits(), want[0], &worst);
+      // rewind 5 and evaluate them again
+      a->truncate(n_prompt - 5);
+      a->eval(prompt.data() + n_prompt - 5, 5, true);
+      notes += logit_diff(a->logits(), want[0], &worst);
+      // the CPU cache payload loads on the device, saves back byte for byte, and continues
+      auto d = cm->new_session(n_ctx, "f16");
+      std::istringstream in(cpu_kv.str());
+      d->load_kv(in);
+      std::ostringstream back;
+      d->save_kv(back);
+      const bool payload_same = d->n_tokens() == n_prompt && back.str() == cpu_kv.str();
+      if (!payload_same) notes += " KV PAYLOAD DIFFERS FROM THE CPU CACHE'S";
+      d->eval(&gen[0], 1, true);
+      notes += logit_diff(d->logits(), want[1], &worst);
+      detail = fmt("max |logit diff| %.2e of RMS (budget %.0e) over prefill, decode, rewind, state load", worst, kForwardBudget) + notes;
+      return ok && same && payload_same && worst <= kForwardBudget;
+    });
+}
+
+void test_errors() {
+  run_case("errors", [&](std::string& detail) {
+    std::vector<std::string> missing;
+    auto throws = [&](const char* what, const char* needle, const std::function<void()>& f) {
+      try {
+        f();
+      } catch (const Error& e) {
+        if (std::strstr(e.what(), needle)) return;
+        missing.push_back(std::string(what) + " (said: " + e.what() + ")");
+        return;
+      }
+      missing.push_back(std::string(what) + " (no error)");
+    };
+    const std::string path = temp_path("hd32.gguf");
+    write_synth_model({256, 1, 8, 2, 32, 256, 64, kF16, kF16, kF16, true, false, 10000.f}, path, 7);
+    std::unique_ptr<Model> m32 = Model::load(path);
+    std::remove(path.c_str());
+    throws("head size 32", "head size", [&] { cuda_load(*m32); });
+    const std::string path2 = temp_path("ok.gguf");
+    write_synth_model({256, 1, 4, 2, 64, 256, 64, kF16, kF16, kF16, true, false, 10000.f}, path2, 8);
+    std::unique_ptr<Model> m = Model::load(path2);
+    std::remove(path2.c_str());
+    auto cm = cuda_load(*m);
+    throws("compressed KV spec", "f16", [&] { cm->new_session(64, "q4"); });
+    auto s = cm->new_session(8, "f16");
+    const int32_t bad = 64, ok_tok[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    throws("token id out of range", "out of range", [&] { s->eval(&bad, 1, true); });
+    throws("context full", "context is full", [&] { s->eval(ok_tok, 9, true); });
+    throws("logits before any", "no logits", [&] { s->logits(); });
+    throws("out of memory", "out of memory", [&] { cuda_ops::copy_bandwidth_gbs((size_t)1 << 50); });
+    s->eval(ok_tok, 8, true);  // the session still works after the errors
+    const bool works = s->n_tokens() == 8 && std::isfinite(s->logits()[0]);
+    detail = missing.empty() ? "bad shapes, specs, tokens, full context, OOM: clear Errors" : "MISSING: ";
+    for (const auto& w : missing) detail += w + "; ";
+    if (!works) detail += " SESSION UNUSABLE AFTER ERRORS";
+    return missing.empty() && works;
+  });
+}
+
+// ---- benchmark --------------------------------------------------------------------------------
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+int run_bench(int argc, char** argv) {
+  std::string model_path, synth_path, preset = "1b";
+  std::vector<int> ctxs = {4096, 32768};
+  int n_decode = 64;
+  for (int i = 2; i < argc; i++) {
+    const std::string a = argv[i];
+    auto val = [&] {
+      LKV_CHECK(i + 1 < argc, "%s needs a value", a.c_str());
+      return std::string(argv[++i]);
+    };
+    if (a == "--model") model_path = val();
+    else if (a == "--synth") synth_path = val();
+    else if (a == "--preset") preset = val();
+    else if (a == "--decode") n_decode = std::atoi(val().c_str());
+    else if (a == "--ctx") {
+      ctxs.clear();
+      std::stringstream ss(val());
+      for (std::string t; std::getline(ss, t, ',');) ctxs.push_back(std::atoi(t.c_str()));
+    } else throw Error("unknown bench option " + a);
+  }
+  std::string why;
+  if (!cuda_usable(&why)) {
+    std::printf("SKIP bench  (%s)\n", why.c_str());
+    return 0;
+  }
+  if (model_path.empty()) {
+    LKV_CHECK(preset == "1b" || preset == "tiny", "--preset takes 1b or tiny");
+    model_path = synth_path.empty() ? temp_path("synth-" + preset + "-q8_0.gguf") : synth_path;
+    if (!std::filesystem::exists(model_path)) {
+      const double t0 = now_s();
+      // 1b: Llama-3.2-1B's shapes (as `llamakv model synth --preset 1b`); random q8_0 weights
+      const SynthSpec spec = preset == "1b"
+                                 ? SynthSpec{2048, 16, 32, 8, 64, 8192, 128256, kQ8_0, kQ8_0, kQ8_0, true, true, 500000.f, true}
+                                 : SynthSpec{256, 2, 4, 2, 64, 512, 300, kQ8_0, kQ8_0, kQ8_0, true, true, 500000.f, true};
+      write_synth_model(spec, model_path, 1);
+      std::printf("wrote %s (%s-shaped, q8_0) in %.1f s\n", model_path.c_str(), preset.c_str(), now_s() - t0);
+    }
+  }
+  double t0 = now_s();
+  std::unique_ptr<Model> m = Model::load(model_path);
+  const double t_load = now_s() - t0;
+  t0 = now_s();
+  std::shared_ptr<CudaModel> cm = cuda_load(*m);
+  const double t_upload = now_s() - t0;
+  const double copy_gbs = cuda_ops::copy_bandwidth_gbs((size_t)1 << 30);
+  std::printf("device: %s\nmodel: %s (%s, %d layers, width %d), load %.1f s, upload %.1f s, %.1f MiB on the device\n",
+              cm->device().c_str(), model_path.c_str(), m->weight_type.c_str(), m->cfg.n_layer, m->cfg.n_embd, t_load, t_upload,
+              cm->weight_bytes() / 1048576.0);
+  std::printf("copy bandwidth (device-to-device memcpy of 1 GiB, read + write): %.0f GB/s\n\n", copy_gbs);
+
+  struct Row { int ctx; double pf_first, pf_all, dec, dec_nograph; int64_t bytes; };
+  std::vector<Row> rows;
+  std::mt19937_64 rng(5);
+  for (size_t ci = 0; ci < ctxs.size(); ci++) {
+    const int ctx = ctxs[ci];
+    std::vector<int32_t> toks((size_t)ctx);
+    for (auto& t : toks) t = (int32_t)(rng() % m->cfg.n_vocab);
+    Row r{ctx, 0, 0, 0, 0, 0};
+    auto run = [&](bool graphs) {
+      CudaSessionOptions opt;
+      opt.chunk = 512;
+      opt.graphs = graphs;
+      auto s = cm->new_session(ctx + n_decode + 2, "f16", opt);
+      const int first = std::min(512, ctx);
+      double t = now_s();
+      s->eval(toks.data(), first, false);
+      const double t_first = now_s() - t;
+      if (ctx > first) s->eval(toks.data() + first, ctx - first, false);
+      const double t_all = now_s() - t;
+      int32_t tok = 1;
+      s->eval(&tok, 1, true);  // warm-up (records the graph)
+      tok = s->argmax();
+      t = now_s();
+      for (int i = 0; i < n_decode; i++) {
+        s->eval(&tok, 1, true);
+        tok = s->argmax();
+      }
+      const double t_dec = now_s() - t;
+      return std::make_tuple(first / t_first, ctx / t_all, n_decode / t_dec);
+    };
+    std::tie(r.pf_first, r.pf_all, r.dec) = run(true);
+    if (ci == 0) r.dec_nograph = std::get<2>(run(false));
+    r.bytes = cm->decode_bytes(ctx + 1 + n_decode / 2);  // mean context over the timed steps
+    rows.push_back(r);
+    std::printf("context %d done: prefill %.0f tok/s, decode %.1f tok/s\n", ctx, r.pf_all, r.dec);
+    std::fflush(stdout);
+  }
+  std::printf("\n| context | prefill tok/s (first 512) | prefill tok/s (whole context) | decode tok/s | ms/token | "
+              "MB read/token (weights + KV) | achieved GB/s | %% of copy bandwidth |\n|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    const double gbs = r.bytes * r.dec / 1e9;
+    std::printf("| %d | %.0f | %.0f | %.1f | %.3f | %.1f | %.0f | %.0f%% |\n", r.ctx, r.pf_first, r.pf_all, r.dec, 1e3 / r.dec,
+                r.bytes / 1e6, gbs, 100 * gbs / copy_gbs);
+  }
+  if (!rows.empty())
+    std::printf("\ndecode at context %d without CUDA graphs: %.1f tok/s (with: %.1f)\n", rows[0].ctx, rows[0].dec_nograph, rows[0].dec);
+  std::printf("KV cache: f16 (the only format of the CUDA backend so far)\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc > 1 && !std::strcmp(argv[1], "--bench")) return run_bench(argc, argv);
+  } catch (const std::exception& e) {
+    std::printf("bench failed: %s\n", e.what());
+    return 1;
+  }
+  uint64_t seed = (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+  bool host_only = false;
+  for (int i = 1; i < argc; i++) {
+    if (!std::strcmp(argv[i], "--host")) host_only = true;
+    else if (!std::strncmp(argv[i], "--only=", 7)) g_only = argv[i] + 7;
+    else seed = std::strtoull(argv[i], nullptr, 10);
+  }
+  g_rng.seed(seed);
+  std::string why;
+  if (!cuda_usable(&why)) g_skip_reason = why;
+  std::printf("test_cuda: seed %llu, device: %s\n", (unsigned long long)seed, g_skip_reason.empty() ? why.c_str() : "none");
+  if (why == "built without CUDA") std::printf("CUDA was not compiled into this build: every case is skipped\n");
+  try {
+    if (host_only) {
+      test_decoder_on_host(why != "built without CUDA");
+      std::printf("%d passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
+      return g_failed ? 1 : 0;
+    }
+    test_get_rows();
+    test_matmul();
+    test_elementwise();
+    test_rope_store();
+    test_attention();
+    test_forward();
+    test_errors();
+  } catch (const std::exception& e) {
+    report(false, "unexpected exception", e.what());
+  }
+  std::printf("%d passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
+  return g_failed ? 1 : 0;
+}
