@@ -24,6 +24,8 @@ export type WorkerOp =
   | { op: 'prefill'; n: number } // from an empty context: positions [0, n)
   | { op: 'extend'; to: number } // from the current length to `to`
   | { op: 'decode'; at: number; n: number } // n tokens with the context at `at` tokens
+  | { op: 'save'; file: string } // the context's state, to skip a long fill next time
+  | { op: 'restore'; file: string; n: number } // a saved state of n tokens replaces the context
   | { op: 'stats' }
   | { op: 'exit' };
 
@@ -114,6 +116,21 @@ async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; cpu: PhaseCpu
   return { value, cpu: cpuBetween(a, sample()) };
 }
 
+/**
+ * Peak RSS outside state-file saves and loads: both engines read or build a whole state file in
+ * memory, a transient the timed work never has, so the high-water mark is reset after each.
+ */
+let peakKept = 0;
+async function withoutPeak(fn: () => Promise<void>): Promise<void> {
+  peakKept = Math.max(peakKept, memStatus().hwm);
+  await fn();
+  try {
+    fs.writeFileSync('/proc/self/clear_refs', '5'); // resets VmHWM to the current RSS
+  } catch {
+    /* not Linux: the transient stays in the peak */
+  }
+}
+
 function memStatus(): { rss: number; hwm: number; anon: number; file: number } {
   const s = fs.readFileSync('/proc/self/status', 'utf8');
   const kb = (k: string) => Number((new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s) ?? [0, 0])[1]) * 1024;
@@ -155,6 +172,8 @@ interface Runner {
    * arrived, in segments (a new segment when the engine stopped at an end-of-generation token).
    */
   decode(at: number, n: number): Promise<number[][]>;
+  save(file: string): Promise<void>;
+  restore(file: string): Promise<void>;
   kvBytes(): number;
   kvAllocatedBytes(): number;
   threads(): number;
@@ -207,6 +226,12 @@ class LlamakvRunner implements Runner {
       if (pos >= s.nCtx) break;
     }
     return segments;
+  }
+  async save(file: string): Promise<void> {
+    await this.session!.saveState(file, 'llamakv bench');
+  }
+  async restore(file: string): Promise<void> {
+    await this.session!.loadState(file);
   }
   kvBytes(): number {
     return this.session?.kvStats().bytes ?? 0;
@@ -302,6 +327,12 @@ class LlamaCppRunner implements Runner {
     }
     return segments;
   }
+  async save(file: string): Promise<void> {
+    await this.seq!.saveStateToFile(file);
+  }
+  async restore(file: string): Promise<void> {
+    await this.seq!.loadStateFromFile(file, { acceptRisk: true });
+  }
   kvBytes(): number {
     return this.seq ? this.seq.nextTokenIndex * this.kvPerToken : 0;
   }
@@ -379,11 +410,22 @@ async function handle(req: WorkerRequest): Promise<unknown> {
       await r.truncate(req.at);
       return { ...cpu, intervalsMs: iv, tokensPerSecond: iv.length > 0 ? (iv.length / sum) * 1000 : 0, kvBytes } satisfies DecodeResult;
     }
+    case 'save': {
+      const t0 = performance.now();
+      await withoutPeak(() => r.save(req.file));
+      return { ms: performance.now() - t0 };
+    }
+    case 'restore': {
+      const t0 = performance.now();
+      await withoutPeak(() => r.restore(req.file));
+      if (r.length() !== req.n) throw new Error(`state file ${req.file} restored ${r.length()} tokens, expected ${req.n}`);
+      return { ms: performance.now() - t0 };
+    }
     case 'stats': {
       const m = memStatus();
       return {
         nTokens: r.length(), kvBytes: r.kvBytes(), kvAllocatedBytes: r.kvAllocatedBytes(),
-        rssBytes: m.rss, peakRssBytes: m.hwm, rssAnonBytes: m.anon, rssFileBytes: m.file, threads: r.threads(),
+        rssBytes: m.rss, peakRssBytes: Math.max(m.hwm, peakKept), rssAnonBytes: m.anon, rssFileBytes: m.file, threads: r.threads(),
       } satisfies WorkerStats;
     }
     case 'exit':

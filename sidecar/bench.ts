@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
+import { createHash } from 'crypto';
 import { checkFlags, flagBool, flagNum, flagStr, parseArgs, ParsedArgs, UsageError } from './args';
 import { registerCommand } from './cli';
 import { readGgufHeader, summarizeGguf } from './gguf-header';
@@ -46,12 +47,14 @@ export interface BenchOptions {
   out: string;
   quick: boolean;
   bandwidth: boolean;
+  /** Save filled long contexts (> 4096) and restore them in later runs instead of filling again. */
+  stateCache: boolean;
 }
 
 const USAGE =
   'bench [--quick] [--preset 1b|tiny] [--models q8_0,q4_k_m,f16 | --model FILE[,FILE]] [--contexts 128,4096,16384,32768] ' +
   '[--long-models q8_0|all|none] [--prefill 512,4096] [--reps N] [--long-reps N] [--decode-tokens N] [--threads N] [--batch N] ' +
-  '[--kv f16[,SPEC]] [--llama-kv f16[,q8_0,q4_0]] [--max-disturb 0.1] [--retries N] [--budget-min M] [--out DIR] [--no-bandwidth] [--json]';
+  '[--kv f16[,SPEC]] [--llama-kv f16[,q8_0,q4_0]] [--max-disturb 0.1] [--retries N] [--budget-min M] [--out DIR] [--no-bandwidth] [--no-state-cache] [--json]';
 
 function list(s: string | undefined, dflt: string[]): string[] {
   if (s === undefined) return dflt;
@@ -65,8 +68,8 @@ function numList(a: ParsedArgs, name: string, dflt: number[]): number[] {
 }
 
 export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean } {
-  const a = parseArgs(argv, ['json', 'quick', 'no-bandwidth']);
-  checkFlags(a, ['json', 'quick', 'no-bandwidth', 'preset', 'models', 'model', 'contexts', 'long-models', 'prefill', 'reps',
+  const a = parseArgs(argv, ['json', 'quick', 'no-bandwidth', 'no-state-cache']);
+  checkFlags(a, ['json', 'quick', 'no-bandwidth', 'no-state-cache', 'preset', 'models', 'model', 'contexts', 'long-models', 'prefill', 'reps',
     'long-reps', 'decode-tokens', 'threads', 'batch', 'kv', 'llama-kv', 'max-disturb', 'retries', 'budget-min', 'out']);
   const quick = flagBool(a, 'quick');
   const preset = flagStr(a, 'preset', '1b');
@@ -99,6 +102,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
     out: flagStr(a, 'out', quick ? path.join(repoRoot, '.cache', 'bench-quick') : path.join(repoRoot, 'bench-results'))!,
     quick,
     bandwidth: !flagBool(a, 'no-bandwidth'),
+    stateCache: !flagBool(a, 'no-state-cache'),
     json: flagBool(a, 'json'),
   };
   for (const [k, v] of [['reps', o.reps], ['long-reps', o.longReps], ['decode-tokens', o.decodeTokens], ['threads', o.threads], ['batch', o.batch]] as const) {
@@ -340,6 +344,8 @@ export interface RowResult {
   decode: Record<string, DecodeStat>;
   /** Untimed-as-a-measure context fills of the long-context chain (how long they took). */
   fills: { from: number; to: number; tokensPerSecond: number; wallMs: number; othersShare: number }[];
+  /** Long contexts restored from a state saved by an earlier run (file date), not filled here. */
+  restored: { to: number; ms: number; savedAt: string }[];
   rss: { beforeLoadMiB: number; shortMiB: number | null; peakMiB: number; peakCtx: number; anonMiB: number; fileMiB: number };
   kvAllocatedBytes: number;
   /** Why this row has no numbers (it failed to load or to start a session). */
@@ -389,6 +395,35 @@ export function pairKv(spec: string): string[] {
   if (/^(f16|f32|off)$/.test(spec)) return ['f16'];
   if (/^(q8\b|k8(v8)?)/.test(spec)) return ['q8_0', 'f16'];
   return ['q4_0', 'q8_0', 'f16'];
+}
+
+// ---- saved long contexts -----------------------------------------------------------------------
+
+/** Bump when the prompt (tokenAt) or what a saved state means changes. */
+const STATE_FORMAT = 1;
+
+export function stateCacheDir(): string {
+  return path.join(path.dirname(modelCacheDir()), 'bench-state');
+}
+
+/** What must match for a saved context to stand in for filling it: engine build, model file, KV setting, length. */
+function engineBuild(engine: RowConfig['engine']): string {
+  if (engine === 'llama.cpp') return machineInfo().llamaCpp;
+  const addon = process.env.LLAMAKV_ADDON ?? path.join(repoRoot, 'build', 'native', 'Release', 'llamakv.node');
+  try {
+    const st = fs.statSync(addon);
+    return `${addon} ${st.size} ${st.mtimeMs}`;
+  } catch {
+    return 'unknown';
+  }
+}
+
+function stateFile(m: BenchModel, cfg: RowConfig, n: number): string {
+  const st = fs.statSync(m.path);
+  const key = JSON.stringify([STATE_FORMAT, engineBuild(cfg.engine), path.resolve(m.path), st.size, st.mtimeMs, cfg.kv, n]);
+  const h = createHash('sha256').update(key).digest('hex').slice(0, 12);
+  const safeName = `${m.label}-${cfg.engine}-${cfg.kv}`.replace(/[^A-Za-z0-9._-]+/g, '_');
+  return path.join(stateCacheDir(), `${safeName}-${n}-${h}.state`);
 }
 
 // ---- the run -----------------------------------------------------------------------------------
@@ -452,23 +487,36 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const skipped: string[] = [];
   const dist = { phases: 0, retried: 0, stillDisturbed: 0, quietWaitMs: 0, maxDisturb: o.maxDisturb };
 
-  let bandwidth: Bandwidth | null = null;
-  if (o.bandwidth) {
-    bandwidth = await measureBandwidth(o.threads, o.quick);
-    log(`${stamp()} bandwidth (${o.threads} threads): read ${bandwidth.readGBps.toFixed(1)} GB/s (1 thread ${bandwidth.readGBps1.toFixed(1)}), copy ${bandwidth.copyGBps.toFixed(1)} GB/s`);
-  }
-
-  /** Waits (up to maxMs) for a half-second in which other processes use less than --max-disturb of the machine. */
-  const waitQuiet = async (maxMs: number): Promise<void> => {
+  /**
+   * Waits (up to maxMs) for a half-second in which other processes use less than --max-disturb of
+   * the machine; false when it never came (a steady load, not a burst: repeating would not help).
+   */
+  const waitQuiet = async (maxMs: number): Promise<boolean> => {
     const tw = performance.now();
-    while (performance.now() - tw < maxMs && dist.quietWaitMs < 180000) {
+    let quiet = false;
+    while (!quiet && performance.now() - tw < maxMs && dist.quietWaitMs < 180000) {
       const a = machineTicks();
       await new Promise((r) => setTimeout(r, 500));
       const b = machineTicks();
-      if (((b.busy - a.busy) * 10) / (500 * a.ncpu) <= o.maxDisturb) break;
+      quiet = ((b.busy - a.busy) * 10) / (500 * a.ncpu) <= o.maxDisturb;
     }
     dist.quietWaitMs += performance.now() - tw;
+    return quiet;
   };
+
+  /** Memory bandwidth, measured again (after waiting for a quiet machine) while others disturb it. */
+  const bandwidthQuiet = async (when: string): Promise<Bandwidth> => {
+    let best = await measureBandwidth(o.threads, o.quick);
+    for (let i = 0; i < (o.quick ? 0 : o.retries) && best.othersShare > o.maxDisturb; i++) {
+      if (!(await waitQuiet(30000))) break;
+      const b = await measureBandwidth(o.threads, o.quick);
+      if (b.othersShare < best.othersShare) best = b;
+    }
+    log(`${stamp()} bandwidth ${when} (${o.threads} threads): read ${best.readGBps.toFixed(1)} GB/s (1 thread ${best.readGBps1.toFixed(1)}), ` +
+      `copy ${best.copyGBps.toFixed(1)} GB/s (others ${(best.othersShare * 100).toFixed(0)}%)`);
+    return best;
+  };
+  const bandwidth = o.bandwidth ? await bandwidthQuiet('before') : null;
 
   /** A row whose worker failed mid-run keeps what it measured and leaves the run. */
   const fail = (row: Row, e: unknown) => {
@@ -494,8 +542,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     const attempts: T[] = [];
     for (let i = 0; i <= o.retries; i++) {
       if (i > 0) {
+        if (!(await waitQuiet(15000))) break;
         dist.retried++;
-        await waitQuiet(15000);
       }
       const r = await safe(row, () => row.worker.call<T>(req));
       if (!r) return null;
@@ -515,7 +563,19 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const allRows: Row[] = [];
   const rowsOf = new Map<BenchModel, Row[]>();
 
+  /** Reads the model file once so that every engine's load finds it in the page cache. */
+  const warmPageCache = (file: string) => {
+    const fd = fs.openSync(file, 'r');
+    const buf = Buffer.allocUnsafe(16 << 20);
+    try {
+      while (fs.readSync(fd, buf, 0, buf.length, null) > 0) { /* reading is the point */ }
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+
   const startRows = async (m: BenchModel): Promise<Row[]> => {
+    warmPageCache(m.path);
     const configs: RowConfig[] = [
       ...o.kv.map((kv) => ({ engine: 'llamakv' as const, model: m.path, threads: o.threads, kv, batch: o.batch })),
       ...o.llamaKv.map((kv) => ({ engine: 'llama.cpp' as const, model: m.path, threads: o.threads, kv, batch: o.batch })),
@@ -528,7 +588,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
         result: {
           model: m.label, engine: config.engine, kv: config.kv, vs: config.engine === 'llamakv' ? pairKv(config.kv)[0] : undefined,
           threads: o.threads, initMs: 0, loadMs: 0, firstTokenMs: 0, startupMs: 0, prefill: {}, decode: {}, fills: [],
-          rss: { beforeLoadMiB: 0, shortMiB: null, peakMiB: 0, peakCtx: 0, anonMiB: 0, fileMiB: 0 }, kvAllocatedBytes: 0,
+          rss: { beforeLoadMiB: 0, shortMiB: null, peakMiB: 0, peakCtx: 0, anonMiB: 0, fileMiB: 0 }, kvAllocatedBytes: 0, restored: [],
         },
       };
       allRows.push(row);
@@ -634,6 +694,11 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const isLong = (m: BenchModel) => o.longModels.includes('all') || o.longModels.includes(m.label);
   const chainPrefills = (m: BenchModel) => o.prefills.filter((n) => n > SHORT_LIMIT && fits(m, n));
   const chainContexts = (m: BenchModel) => o.contexts.filter((c) => c > SHORT_LIMIT && (c <= MID_LIMIT || isLong(m)));
+  /** Restoring a saved context: reading the file (a guess until one was timed). */
+  const RESTORE_EST_MS = 15000;
+  const cachedAll = (m: BenchModel, c: number) =>
+    o.stateCache && c > MID_LIMIT && rowsOf.get(m)!.every((r) => fs.existsSync(stateFile(m, r.config, c)));
+
   /** Estimated cost of a model's chain up to context `reach` (one run of each long prefill). */
   const chainCost = (m: BenchModel, reach: number): number => {
     const rows = rowsOf.get(m)!;
@@ -644,15 +709,54 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
       len = p;
     }
     for (const c of chainContexts(m).filter((c) => c <= reach && fits(m, c))) {
-      cost += rows.reduce((s, r) => s + estFillMs(r, Math.min(len, c), c), 0) + decodeCost(rows, c, o.reps);
+      cost += cachedAll(m, c) ? rows.length * RESTORE_EST_MS : rows.reduce((s, r) => s + estFillMs(r, Math.min(len, c), c), 0);
+      cost += decodeCost(rows, c, o.reps);
       len = c;
     }
     return cost;
   };
 
+  /** Brings every row's context to c tokens from a saved state; false for a row that could not (it fills instead). */
+  const restore = async (rows: Row[], c: number): Promise<void> => {
+    for (const row of [...rows]) {
+      const file = stateFile(row.model, row.config, c);
+      try {
+        const r = await row.worker.call<{ ms: number }>({ op: 'restore', file, n: c });
+        row.result.restored.push({ to: c, ms: Math.round(r.ms), savedAt: fs.statSync(file).mtime.toISOString() });
+        log(`${stamp()} ${rowName(row)} context ${c} restored from ${path.basename(file)} in ${(r.ms / 1000).toFixed(1)} s`);
+      } catch (e) {
+        log(`${stamp()} ${rowName(row)}: saved context ${c} unusable (${(e instanceof Error ? e.message : String(e)).split('\n')[0]}); filling instead`);
+        fs.rmSync(file, { force: true });
+        await safe(row, () => row.worker.call({ op: 'open', nCtx: ctxFor(Math.max(c, row.result.rss.peakCtx)) }));
+        await extend([row], c);
+      }
+    }
+  };
+
+  /** Saves every row's filled context of c tokens for later runs (when the disk has room). */
+  const save = async (rows: Row[], c: number): Promise<void> => {
+    if (!o.stateCache || c <= MID_LIMIT) return;
+    fs.mkdirSync(stateCacheDir(), { recursive: true });
+    for (const row of [...rows]) {
+      const file = stateFile(row.model, row.config, c);
+      const free = fs.statfsSync(stateCacheDir());
+      if (free.bavail * free.bsize < 4 * (row.samples.kvAt[c] ?? 0) + (4 << 30)) {
+        log(`${stamp()} not saving context ${c}: little disk space left`);
+        return;
+      }
+      try {
+        const r = await row.worker.call<{ ms: number }>({ op: 'save', file });
+        log(`${stamp()} ${rowName(row)} context ${c} saved (${(fs.statSync(file).size / 1048576).toFixed(0)} MiB, ${(r.ms / 1000).toFixed(1)} s)`);
+      } catch (e) {
+        log(`${stamp()} ${rowName(row)}: could not save context ${c}: ${(e instanceof Error ? e.message : String(e)).split('\n')[0]}`);
+      }
+    }
+  };
+
   /**
    * The chain of one model: each long prefill from empty (one run), then the context grown to each
-   * decode context in turn, as far as the budget reaches while keeping `reserveMs` for what follows.
+   * decode context in turn (or restored from a state an earlier run saved), as far as the budget
+   * reaches while keeping `reserveMs` for what follows.
    */
   const runChain = async (m: BenchModel, reserveMs: number) => {
     const rows = rowsOf.get(m)!;
@@ -669,15 +773,21 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     for (const row of rows) row.result.rss.peakCtx = Math.max(row.result.rss.peakCtx, cap);
     let ok = true;
     for (const p of prefills) ok = (await prefillMeasure(rows, p, 0, 1, reserveMs)) && ok;
+    let len = prefills.length ? prefills[prefills.length - 1] : 0;
     for (const c of want) {
-      const len = Math.min(c, prefills.length ? prefills[prefills.length - 1] : 0);
-      const est = rows.reduce((s, r) => s + estFillMs(r, len, c), 0) + decodeCost(rows, c, o.reps);
+      const cached = cachedAll(m, c);
+      const est = (cached ? rows.length * RESTORE_EST_MS : rows.reduce((s, r) => s + estFillMs(r, Math.min(len, c), c), 0)) + decodeCost(rows, c, o.reps);
       if (c > reach || !ok || est + reserveMs > budgetLeft()) {
-        note(`${m.label}: decode @${c} skipped (filling and decoding need ~${minutes(est)}${reserveMs ? ` + ${minutes(reserveMs)} kept for other models` : ''}, ${minutes(budgetLeft())} left)`);
+        note(`${m.label}: decode @${c} skipped (${cached ? 'restoring' : 'filling'} and decoding need ~${minutes(est)}${reserveMs ? ` + ${minutes(reserveMs)} kept for other models` : ''}, ${minutes(budgetLeft())} left)`);
         break;
       }
-      await extend(rows, c);
+      if (cached) await restore(rows, c);
+      else {
+        await extend(rows, c);
+        await save(rows, c);
+      }
       await decodeMeasure(rows, c);
+      len = c;
     }
     for (const row of [...rows]) await recordStats(row, 'peak');
   };
@@ -722,11 +832,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     await Promise.all(allRows.map((r) => r.worker.close()));
   }
 
-  let bandwidthAfter: Bandwidth | null = null;
-  if (o.bandwidth && !o.quick) {
-    bandwidthAfter = await measureBandwidth(o.threads, o.quick);
-    log(`${stamp()} bandwidth again: read ${bandwidthAfter.readGBps.toFixed(1)} GB/s, copy ${bandwidthAfter.copyGBps.toFixed(1)} GB/s`);
-  }
+  const bandwidthAfter = o.bandwidth && !o.quick ? await bandwidthQuiet('after') : null;
   const readBw = Math.max(bandwidth?.readGBps ?? 0, bandwidthAfter?.readGBps ?? 0) || null;
 
   // results
@@ -843,8 +949,11 @@ export function renderMarkdown(rep: BenchReport, svgName?: string): string {
   L.push(`Run ${rep.date.slice(0, 16).replace('T', ' ')} UTC on ${rep.machine.cpu}, ${rep.machine.cpus} CPUs, ${rep.machine.memGiB} GiB; ` +
     `${rep.options.threads} threads for both engines; llamakv kernels ${rep.machine.llamakvKernels ?? '?'}; llama.cpp = ${rep.machine.llamaCpp}, flash attention on, batch ${rep.options.batch}.`);
   if (bw) {
-    L.push(`Memory bandwidth measured by the bench (${bw.threads} threads, ${bw.bufferMiB} MiB buffers): read ${bw.readGBps.toFixed(1)} GB/s ` +
-      `(1 thread ${bw.readGBps1.toFixed(1)}), memcpy ${bw.copyGBps.toFixed(1)} GB/s read+write${bwa ? `; after the run: read ${bwa.readGBps.toFixed(1)}, memcpy ${bwa.copyGBps.toFixed(1)}` : ''}.`);
+    const pct = (b: Bandwidth) => (b.othersShare > rep.disturbance.maxDisturb ? `, disturbed: others ${(b.othersShare * 100).toFixed(0)}%` : '');
+    L.push(`Memory bandwidth measured by the bench (${bw.threads} threads, memcmp/memcpy over ${bw.bufferMiB} MiB per thread): read ${bw.readGBps.toFixed(1)} GB/s ` +
+      `(1 thread ${bw.readGBps1.toFixed(1)}), memcpy ${bw.copyGBps.toFixed(1)} GB/s read+write${pct(bw)}` +
+      `${bwa ? `; after the run: read ${bwa.readGBps.toFixed(1)}, memcpy ${bwa.copyGBps.toFixed(1)}${pct(bwa)}` : ''}. ` +
+      `Decode bandwidth = (weight bytes + KV bytes read per token) × tokens/s, as a share of the higher read figure.`);
   }
   L.push(`Medians (min–max) of ${rep.options.reps} runs per phase (${rep.options.longReps} for prompts > ${SHORT_LIMIT} tokens), ` +
     `rows alternating; decode = ${rep.options.decodeTokens} tokens after ${DECODE_WARM} warm-up tokens, greedy. ` +
@@ -852,7 +961,6 @@ export function renderMarkdown(rep: BenchReport, svgName?: string): string {
   L.push('');
   for (const m of rep.models) {
     const rows = rep.rows.filter((r) => r.model === m.label);
-    const kvRows = rows.filter((r) => r.engine === 'llamakv');
     const ratios = rep.ratios.filter((r) => r.model === m.label);
     const prefills = [...new Set(rows.flatMap((r) => Object.keys(r.prefill).map(Number)))].sort((a, b) => a - b);
     const ctxs = [...new Set(rows.flatMap((r) => Object.keys(r.decode).map(Number)))].sort((a, b) => a - b);
@@ -878,11 +986,16 @@ export function renderMarkdown(rep: BenchReport, svgName?: string): string {
     line('model load → first token (ms)', (r) => `${r.startupMs.toFixed(0)}`, (q) => ratioCell(q.startup));
     line('library load (ms)', (r) => `${r.initMs.toFixed(0)}`, () => '');
     L.push('');
-    void kvRows;
   }
   const d = rep.disturbance;
-  L.push(`† = other processes used more than ${(d.maxDisturb * 100).toFixed(0)}% of the machine during that phase even after ${rep.options.retries} repeats. ` +
+  L.push(`† = other processes used more than ${(d.maxDisturb * 100).toFixed(0)}% of the machine (CPU time from /proc/stat less the engine's own) during that phase; ` +
+    `a disturbed phase is repeated (up to ${rep.options.retries} times) when the machine turns quiet within 15 s, else kept and marked. ` +
     `This run: ${d.phases} timed phases, ${d.retried} repeats of disturbed ones, ${d.stillDisturbed} still disturbed; ${(d.quietWaitMs / 1000).toFixed(0)} s waiting for a quiet machine. Wall time ${(rep.wallMs / 60000).toFixed(1)} min.`);
+  const restored = rep.rows.flatMap((r) => (r.restored ?? []).map((x) => `${r.model} ${r.engine} ${r.kv} @${ctxLabel(x.to)} (saved ${x.savedAt.slice(0, 16).replace('T', ' ')})`));
+  if (restored.length) {
+    L.push('');
+    L.push(`Long contexts restored from states an earlier run saved (same engine build, model file and KV setting) instead of filled again: ${restored.join('; ')}.`);
+  }
   if (rep.skipped.length) {
     L.push('');
     L.push('Not measured: ' + rep.skipped.join('; ') + '.');
@@ -984,6 +1097,10 @@ export function writeReport(rep: BenchReport, dir: string): BenchReport['files']
 registerCommand('bench', {
   usage: USAGE,
   async run(argv) {
+    if (argv.includes('--help') || argv.includes('-h')) {
+      process.stdout.write(`usage: llamakv ${USAGE}\n`);
+      return 0;
+    }
     const o = parseBenchArgs(argv);
     const rep = await runBench(o);
     const files = writeReport(rep, o.out)!;

@@ -70,7 +70,7 @@ function buildAndPackage(work) {
     if (!fs.existsSync(path.join(repoRoot, f))) throw new Error(`${f} is missing: build the project first (npm install / npm run build)`);
   }
   const vsix = path.join(work, 'llamakv.vsix');
-  const vsce = sh(process.execPath, [path.join(repoRoot, 'node_modules', '@vscode', 'vsce', 'vsce'), 'package', '--allow-missing-repository', '--skip-license', '-o', vsix]);
+  const vsce = sh(process.execPath, [path.join(repoRoot, 'node_modules', '@vscode', 'vsce', 'vsce'), 'package', '--allow-missing-repository', '--no-rewrite-relative-links', '--skip-license', '-o', vsix]);
   check('vsce package produces a .vsix', vsce.status === 0 && fs.existsSync(vsix), vsce.status === 0 ? `${(fs.statSync(vsix).size / 1e6).toFixed(2)} MB` : vsce.out.slice(-600));
   if (vsce.status !== 0) return undefined;
 
