@@ -2,6 +2,7 @@
 // so model discovery can report architecture, dimensions and size of multi-GB files cheaply.
 // Reads in chunks from a file descriptor; every count and length is bounded before use.
 import * as fs from 'fs';
+import type { ModelShape } from './protocol';
 
 /** Metadata value as kept here: scalars and strings as is, arrays summarised (long ones not kept). */
 export type GgufMetaValue = number | bigint | boolean | string | GgufArraySummary;
@@ -29,17 +30,7 @@ export interface GgufHeader {
 }
 
 /** What discovery and status report about a model file. */
-export interface GgufSummary {
-  architecture: string;
-  name: string;
-  nLayer: number;
-  nEmbd: number;
-  nHead: number;
-  nHeadKv: number;
-  headDim: number;
-  nVocab: number;
-  contextLength: number;
-  fileBytes: number;
+export interface GgufSummary extends ModelShape {
   weightType: string;
   /** tokenizer.ggml.model ("gpt2" for Llama 3's byte-level BPE, "llama" for SentencePiece). */
   tokenizerModel: string;

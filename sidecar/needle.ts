@@ -12,7 +12,7 @@
 //   written into O. The unembedding reads O (value j's row = e_O[j]); a "no answer" token reads the
 //   bias, so a lost needle shows up as that token instead of the value.
 import { GgmlTypeName, GgufMeta, meta, TensorSpec, writeGguf } from './gguf/writer';
-import { llama3RopeFactors, llama3Vocab } from './synth';
+import { llama3Metadata, llama3RopeFactors, llama3Vocab } from './synth';
 import type { Model as EngineModel } from './engine';
 
 // ---- shapes and residual-stream layout -------------------------------------------------------
@@ -219,35 +219,10 @@ function buildNeedle(o: NeedleModelOptions): Built {
   const ropeFactors = llama3RopeFactors(HD, S.ropeFreqBase, S.ropeScalingFactor);
   const theta = (pair: number) => Math.pow(S.ropeFreqBase, (-2 * pair) / HD) / ropeFactors[pair];
 
-  const md: Record<string, GgufMeta> = {
-    'general.architecture': meta.str('llama'),
-    'general.name': meta.str(o.name ?? `llamakv-needle-${type}`),
-    'general.alignment': meta.u32(32),
-    'llama.context_length': meta.u32(contextLength),
-    'llama.embedding_length': meta.u32(D),
-    'llama.block_count': meta.u32(S.nLayer),
-    'llama.feed_forward_length': meta.u32(S.nFf),
-    'llama.attention.head_count': meta.u32(nHead),
-    'llama.attention.head_count_kv': meta.u32(nHead),
-    'llama.attention.layer_norm_rms_epsilon': meta.f32(1e-5),
-    'llama.rope.freq_base': meta.f32(S.ropeFreqBase),
-    'llama.rope.dimension_count': meta.u32(HD),
-    'llama.vocab_size': meta.u32(nVocab),
-    'tokenizer.ggml.model': meta.str('gpt2'),
-    'tokenizer.ggml.pre': meta.str('llama-bpe'),
-    'tokenizer.ggml.tokens': meta.strs(v.tokens),
-    'tokenizer.ggml.token_type': meta.i32s(v.types),
-    'tokenizer.ggml.merges': meta.strs(v.merges),
-    'tokenizer.ggml.bos_token_id': meta.u32(128000),
-    'tokenizer.ggml.eos_token_id': meta.u32(128009),
-    'tokenizer.ggml.eot_token_id': meta.u32(128009),
-    'tokenizer.ggml.add_bos_token': meta.bool(true),
-    'tokenizer.chat_template': meta.str(v.chatTemplate),
-  };
-  if (qDim !== D) {
-    md['llama.attention.key_length'] = meta.u32(HD);
-    md['llama.attention.value_length'] = meta.u32(HD);
-  }
+  const md = llama3Metadata({
+    name: o.name ?? `llamakv-needle-${type}`, contextLength, nEmbd: D, nLayer: S.nLayer, nFf: S.nFf,
+    nHead, nHeadKv: nHead, headDim: HD, ropeFreqBase: S.ropeFreqBase,
+  }, v);
 
   const tensors: TensorSpec[] = [];
   let params = 0;

@@ -22,8 +22,8 @@ export interface KvStats {
   breakdown?: { codes: number; scales: number; outliers: number; residual: number; index: number; journal: number };
 }
 
-export interface ModelSummary {
-  path: string;
+/** A model's name and dimensions, as its GGUF header declares them. */
+export interface ModelShape {
   name: string;
   architecture: string;
   nLayer: number;
@@ -34,9 +34,16 @@ export interface ModelSummary {
   nVocab: number;
   contextLength: number;
   fileBytes: number;
+}
+
+export interface ModelSummary extends ModelShape {
+  path: string;
   /** Predominant weight type, e.g. "q8_0". */
   weightType: string;
+  /** Where the model actually runs: "cpu" or "cuda" (the llamakv.backend setting is the request). */
   backend: string;
+  /** Why backend "auto" runs on the CPU (built without CUDA, no CUDA device, ...); absent otherwise. */
+  backendNote?: string;
   /** True for the generated demo model: its answers are meaningless. */
   demo: boolean;
 }

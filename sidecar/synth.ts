@@ -93,7 +93,7 @@ function encode(type: GgmlTypeName, values: Float32Array): Uint8Array {
   return nativeAddon().quantize(type, values);
 }
 
-interface Vocab { tokens: string[]; types: number[]; merges: string[]; chatTemplate: string }
+export interface Vocab { tokens: string[]; types: number[]; merges: string[]; chatTemplate: string }
 let vocabCache: Vocab | null = null;
 
 /** The real Llama 3 vocabulary (128000 BPE tokens + 256 special control tokens). */
@@ -135,18 +135,27 @@ function typeFor(type: WeightTypeName, name: string, layer: number, nLayer: numb
   return 'q4_k';
 }
 
-export async function synthModel(opts: SynthOptions & { out: string }): Promise<{ path: string; params: number }> {
-  const s = resolveShape(opts);
-  const type: WeightTypeName = opts.type ?? 'f32';
-  const seed = opts.seed ?? 1;
-  const v = llama3Vocab();
-  const nVocab = v.tokens.length;
-  const qDim = s.nHead * s.headDim;
-  const kvDim = s.nHeadKv * s.headDim;
+/** The shape a generated Llama 3 file declares in its metadata. */
+export interface Llama3MetaShape {
+  name: string;
+  contextLength: number;
+  nEmbd: number;
+  nLayer: number;
+  nFf: number;
+  nHead: number;
+  nHeadKv: number;
+  headDim: number;
+  ropeFreqBase: number;
+}
 
+/**
+ * The metadata llama.cpp needs to load a generated Llama 3 model (architecture, shape, the real
+ * Llama 3 vocabulary, special tokens and chat template); callers add keys such as rope scaling.
+ */
+export function llama3Metadata(s: Llama3MetaShape, v: Vocab): Record<string, GgufMeta> {
   const md: Record<string, GgufMeta> = {
     'general.architecture': meta.str('llama'),
-    'general.name': meta.str(opts.name ?? `llamakv-synth-${opts.preset ?? 'tiny'}-${type}`),
+    'general.name': meta.str(s.name),
     'general.alignment': meta.u32(32),
     'llama.context_length': meta.u32(s.contextLength),
     'llama.embedding_length': meta.u32(s.nEmbd),
@@ -157,7 +166,7 @@ export async function synthModel(opts: SynthOptions & { out: string }): Promise<
     'llama.attention.layer_norm_rms_epsilon': meta.f32(1e-5),
     'llama.rope.freq_base': meta.f32(s.ropeFreqBase),
     'llama.rope.dimension_count': meta.u32(s.headDim),
-    'llama.vocab_size': meta.u32(nVocab),
+    'llama.vocab_size': meta.u32(v.tokens.length),
     'tokenizer.ggml.model': meta.str('gpt2'),
     'tokenizer.ggml.pre': meta.str('llama-bpe'),
     'tokenizer.ggml.tokens': meta.strs(v.tokens),
@@ -173,6 +182,23 @@ export async function synthModel(opts: SynthOptions & { out: string }): Promise<
     md['llama.attention.key_length'] = meta.u32(s.headDim);
     md['llama.attention.value_length'] = meta.u32(s.headDim);
   }
+  return md;
+}
+
+export async function synthModel(opts: SynthOptions & { out: string }): Promise<{ path: string; params: number }> {
+  const s = resolveShape(opts);
+  const type: WeightTypeName = opts.type ?? 'f32';
+  const seed = opts.seed ?? 1;
+  const v = llama3Vocab();
+  const nVocab = v.tokens.length;
+  const qDim = s.nHead * s.headDim;
+  const kvDim = s.nHeadKv * s.headDim;
+
+  const md = llama3Metadata({
+    name: opts.name ?? `llamakv-synth-${opts.preset ?? 'tiny'}-${type}`,
+    contextLength: s.contextLength, nEmbd: s.nEmbd, nLayer: s.nLayer, nFf: s.nFf, nHead: s.nHead,
+    nHeadKv: s.nHeadKv, headDim: s.headDim, ropeFreqBase: s.ropeFreqBase,
+  }, v);
 
   const rng = new Rng(seed);
   const tensors: TensorSpec[] = [];
