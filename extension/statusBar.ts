@@ -82,6 +82,7 @@ export function breakdown(s: StatusResult): string {
   if (s.notice) lines.push('', s.notice);
   lines.push('');
   if (m) lines.push(`Model: ${m.name} (${m.weightType}, ${m.backend})  `);
+  if (m?.backendNote) lines.push(`Backend: ${m.backendNote}  `);
   const spec = kv.spec && kv.spec !== s.kvSpec ? `\`${s.kvSpec}\` (\`${kv.spec}\`)` : `\`${s.kvSpec}\``;
   lines.push(`Compression: ${spec} — ${bitsPerValue(kv).toFixed(1)} bits per value  `);
   lines.push(`Held: ${formatBytes(kv.bytes)} of ${formatBytes(kv.f16Bytes)} (f16)  `);

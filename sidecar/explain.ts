@@ -10,9 +10,9 @@ import { log } from './log';
 import type { SidecarSettings } from './protocol';
 
 export const EXPLAIN_USAGE =
-  'explain FILE [--workspace DIR] [--model M] [--kv SPEC] [--json] [--max-tokens N] [--context N] [--threads N] [--storage DIR] [--no-cache]';
+  'explain FILE [--workspace DIR] [--model M] [--kv SPEC] [--backend auto|cpu|cuda] [--json] [--max-tokens N] [--context N] [--threads N] [--storage DIR] [--no-cache]';
 
-const FLAGS = ['workspace', 'model', 'kv', 'json', 'max-tokens', 'context', 'threads', 'storage', 'no-cache', 'budget-mb', 'include', 'exclude'];
+const FLAGS = ['workspace', 'model', 'kv', 'backend', 'json', 'max-tokens', 'context', 'threads', 'storage', 'no-cache', 'budget-mb', 'include', 'exclude'];
 
 /** The workspace a file belongs to: the nearest folder above it with a .git, else the cwd if it holds the file, else the file's folder. */
 export function defaultWorkspace(file: string, cwd = process.cwd()): string {
@@ -56,9 +56,12 @@ export async function runExplain(argv: string[]): Promise<number> {
   if (!fs.existsSync(workspace) || !fs.statSync(workspace).isDirectory()) throw new Error(`workspace folder not found: ${workspace}`);
   const list = (name: string) => (flagStr(a, name) ?? '').split(',').map((s) => s.trim()).filter(Boolean);
 
+  const backend = flagStr(a, 'backend') ?? 'auto';
+  if (backend !== 'auto' && backend !== 'cpu' && backend !== 'cuda') throw new UsageError(`--backend must be auto, cpu or cuda, got "${backend}"`);
   const settings: Partial<SidecarSettings> = {
     modelPath: flagStr(a, 'model') ?? process.env.LLAMAKV_MODEL ?? '',
     kvSpec: flagStr(a, 'kv') ?? '',
+    backend,
     contextMaxTokens: flagNum(a, 'context', 32768),
     threads: flagNum(a, 'threads', 0),
     storageDir: flagStr(a, 'storage') ?? '',
@@ -85,7 +88,7 @@ export async function runExplain(argv: string[]): Promise<number> {
     const status = assistant.status('');
     if (!json) {
       const m = status.model!;
-      process.stderr.write(`model: ${m.name} (${m.weightType}, ${m.nLayer} layers, ${m.backend}); KV spec ${status.kvSpec}; workspace ${workspace}\n`);
+      process.stderr.write(`model: ${m.name} (${m.weightType}, ${m.nLayer} layers, ${m.backend}${m.backendNote ? `: ${m.backendNote}` : ''}); KV spec ${status.kvSpec}; workspace ${workspace}\n`);
       if (status.notice) process.stderr.write(`note: ${status.notice}\n`);
     }
     let wrote = false;

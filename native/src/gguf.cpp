@@ -264,7 +264,7 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
     throw Error(path + ": file too large to map");
   }
   size_t size = (size_t)st.st_size;
-  void* m = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  void* m = mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
   int e = errno;
   ::close(fd);
   LKV_CHECK(m != MAP_FAILED, "%s: mmap of %zu bytes failed: %s", path.c_str(), size, std::strerror(e));

@@ -1,6 +1,7 @@
 // kernels_cpu.cpp — the optimized CPU kernels: argument checks, activation quantization and
 // work splitting over the ThreadPool, with the inner loops supplied by an instruction-set module
 // (kernels_cpu_avx512.cpp, kernels_cpu_avx2.cpp) or, on other CPUs, by the scalar code here.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -86,31 +87,40 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
   const int n_threads = pool ? pool->size() : 1;
 
   // 1. quantize the activations once (the integer paths), split over tokens
-  ActQ8 a8{nullptr, nullptr, W.cols, W.cols / 32, ActQ8::d_stride_for(W.cols / 32)};
+  ActQ8 a8{nullptr, nullptr, W.cols, W.cols / 32};
   block_q8_K* a8k = nullptr;
+  size_t act_bytes_per_tok = (size_t)W.cols * sizeof(float);  // what one token's activations occupy
   if (isa && q8) {
     const size_t qs_bytes = ((size_t)n_tok * W.cols + 63) & ~(size_t)63;
-    uint8_t* buf = scratch(qs_bytes + (size_t)n_tok * a8.d_stride * sizeof(float));
+    uint8_t* buf = scratch(qs_bytes + (size_t)n_tok * a8.nb * sizeof(float));
     a8.qs = (const int8_t*)buf;
     a8.d = (const float*)(buf + qs_bytes);
     run_tasks(n_tok >= 8 ? pool : nullptr, n_tok, [&](int t) {
-      isa->quantize_q8(x + (int64_t)t * W.cols, (int8_t*)a8.qs + (int64_t)t * W.cols, (float*)a8.d + t * a8.d_stride,
-                       W.cols);
+      isa->quantize_q8(x + (int64_t)t * W.cols, (int8_t*)a8.qs + (int64_t)t * W.cols, (float*)a8.d + t * a8.nb, W.cols);
     });
+    act_bytes_per_tok = (size_t)W.cols + a8.nb * sizeof(float);
   } else if (isa && qk) {
     const int64_t nb = W.cols / QK_K;
     a8k = (block_q8_K*)scratch((size_t)n_tok * nb * sizeof(block_q8_K));
     run_tasks(n_tok >= 8 ? pool : nullptr, n_tok,
               [&](int t) { isa->quantize_q8_K(x + (int64_t)t * W.cols, a8k + t * nb, W.cols); });
+    act_bytes_per_tok = nb * sizeof(block_q8_K);
   }
 
-  // 2. tasks = row chunks x token chunks. Token chunks of up to 64 keep a chunk's activations
-  // in L2 while the weight rows of a tile are reused from L1; row chunks shrink until there are
-  // enough tasks to keep every thread busy.
-  const int tok_chunk = n_tok <= 64 ? n_tok : 64;
+  // 2. tasks = row chunks x token chunks, handed out dynamically (a thread that the shared
+  // machine preempts holds up at most one chunk). Few tokens (decode): row chunks only, sized
+  // so that each thread gets about 16 (rows stream from memory; more chunks balance better,
+  // fewer cost less per chunk). Prefill: token chunks whose activations stay in L2 (~192 KiB)
+  // while a tile of weight rows is reused for all of them from L1.
+  int tok_chunk = n_tok;
+  if (n_tok > 4) {
+    tok_chunk = (int)std::max<size_t>(8, ((size_t)192 << 10) / act_bytes_per_tok);
+    tok_chunk = std::min(tok_chunk, 64) & ~3;
+    if (tok_chunk >= n_tok) tok_chunk = n_tok;
+  }
   const int n_tchunks = (n_tok + tok_chunk - 1) / tok_chunk;
-  int64_t row_chunk = 64;
-  while (row_chunk > 8 && ((W.rows + row_chunk - 1) / row_chunk) * n_tchunks < 8 * n_threads) row_chunk /= 2;
+  int64_t row_chunk = n_tok <= 4 ? 256 : 64;
+  while (row_chunk > 8 && ((W.rows + row_chunk - 1) / row_chunk) * n_tchunks < 16 * n_threads) row_chunk /= 2;
   const int64_t n_rchunks = (W.rows + row_chunk - 1) / row_chunk;
   LKV_CHECK(n_rchunks * n_tchunks < (1LL << 31), "matmul: too many tasks");
   run_tasks(pool, (int)(n_rchunks * n_tchunks), [&](int i) {

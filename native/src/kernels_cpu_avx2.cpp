@@ -14,10 +14,11 @@ namespace {
 
 struct Isa {
   static constexpr const char* kName = "avx2";
-  // tiles sized for 16 registers: float 8 accumulators + 4 weights + x; q8 4 accumulators +
-  // 2x4 block registers + 2 scale vectors (2x2 measured a little faster than 1x4)
+  // tiles sized for 16 registers: float 8 accumulators + 4 weights + x; q8 8 accumulators +
+  // a row's block, |block| and scale + temporaries
   static constexpr int kFloatR = 4, kFloatT = 2;
-  static constexpr int kQ8R = 2, kQ8T = 2;
+  static constexpr int kQ8R = 4, kQ8T = 2;
+  static constexpr int kQ8RowTokens = 3;
   static constexpr int kQKT = 4;
   // 8 lanes, each the sum of 4 products u8*s8. maddubs saturates at int16, which the callers
   // rule out (|u| <= 128 with |s| <= 127, or u <= 63).

@@ -12,15 +12,12 @@ namespace lkv {
 namespace cpu {
 
 // Activations quantized to 8 bits in blocks of 32 for Q8_0/Q4_0 weights: token t's values are
-// qs[t*cols .. t*cols+cols); its block scales start at d + t*d_stride, 8 floats per pair of
-// blocks laid out dA dB dA dB dA dB dA dB (the lane pattern of the kernels; dB = 0 past the end).
+// qs[t*cols .. t*cols+cols), its block scales d[t*nb .. t*nb+nb) (f16-rounded, as llama.cpp's).
 struct ActQ8 {
   const int8_t* qs;
   const float* d;
   int64_t cols;
-  int64_t nb;        // blocks per token = cols / 32
-  int64_t d_stride;  // floats per token = 8 * ceil(nb / 2)
-  static int64_t d_stride_for(int64_t nb) { return 8 * ((nb + 1) / 2); }
+  int64_t nb;  // blocks per token = cols / 32
 };
 
 // Every matmul entry computes y[t*W.rows + r] for r in [r0, r1) and t in [t0, t1).

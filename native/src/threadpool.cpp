@@ -1,6 +1,12 @@
 // threadpool.cpp — persistent workers for data-parallel kernels. A run() publishes a job by
 // bumping a generation counter; workers spin on it briefly (decode issues ~100 runs per token,
 // so waking from a condition variable each time would cost more than the work) and then sleep.
+//
+// The caller takes tasks too, and a run() ends when every task has *finished*, not when every
+// worker has checked in: on a shared machine a worker may be preempted for milliseconds, and
+// the caller then simply does its share instead of waiting for it. Tasks are claimed with a
+// compare-and-swap on one word holding (generation, next task), so a worker that wakes up late
+// can never claim a task of a job other than the one whose function it read.
 #include "threadpool.h"
 
 #include <atomic>
@@ -25,18 +31,22 @@ namespace {
 // between consecutive kernels of one token, short enough not to burn a core between requests.
 constexpr auto kSpinTime = std::chrono::microseconds(300);
 thread_local bool t_inside_task = false;  // a task that calls run() again runs it inline
+
+constexpr uint64_t kIndexMask = 0xffffffffu;
 }  // namespace
 
 struct ThreadPool::Impl {
   int n_threads = 1;
   std::vector<std::thread> workers;
 
-  // the current job (written by run() before the generation bump, read by workers after it)
-  const std::function<void(int)>* fn = nullptr;
-  int n_tasks = 0;
-  std::atomic<int> next_task{0};
-  std::atomic<int> workers_done{0};
-  std::atomic<uint64_t> generation{0};
+  // The current job. `claim` = (generation << 32) | next task index; fn and n_tasks are written
+  // before the generation is published and stay valid until all of its tasks have finished.
+  std::atomic<const std::function<void(int)>*> fn{nullptr};
+  std::atomic<int> n_tasks{0};
+  alignas(64) std::atomic<uint64_t> claim{0};
+  alignas(64) std::atomic<int> finished{0};  // tasks of the current job that have returned
+  alignas(64) std::atomic<uint32_t> generation{0};
+  std::atomic<bool> failed{false};  // a task threw: skip the rest
   std::atomic<bool> stop{false};
 
   std::mutex mu;  // guards sleeping workers' wait and first_error
@@ -46,24 +56,35 @@ struct ThreadPool::Impl {
 
   std::mutex run_mu;  // one run() at a time per pool
 
-  void do_tasks() {
+  // Claims and runs tasks of job `gen` until none are left (or the job is no longer current).
+  // fn/n_tasks are read after the claim word: if they belong to a newer job, the claim word has
+  // moved on too (run() closes it before writing them) and the compare-and-swap fails.
+  void do_tasks(uint32_t gen) {
     t_inside_task = true;
     for (;;) {
-      int i = next_task.fetch_add(1, std::memory_order_relaxed);
-      if (i >= n_tasks) break;
-      try {
-        (*fn)(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!first_error) first_error = std::current_exception();
-        next_task.store(n_tasks, std::memory_order_relaxed);  // skip the rest
+      uint64_t c = claim.load(std::memory_order_acquire);
+      if ((uint32_t)(c >> 32) != gen) break;
+      const std::function<void(int)>* f = fn.load(std::memory_order_acquire);
+      const int n = n_tasks.load(std::memory_order_acquire);
+      if ((c & kIndexMask) >= (uint64_t)n) break;
+      if (!claim.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_relaxed)) continue;
+      // task (c & kIndexMask) of `gen` is ours, and `gen` cannot end before it finishes
+      if (!failed.load(std::memory_order_relaxed)) {
+        try {
+          (*f)((int)(c & kIndexMask));
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (!first_error) first_error = std::current_exception();
+          failed.store(true, std::memory_order_relaxed);
+        }
       }
+      finished.fetch_add(1, std::memory_order_acq_rel);
     }
     t_inside_task = false;
   }
 
   void worker_loop() {
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
       // spin, then sleep until the generation moves on
       auto t0 = std::chrono::steady_clock::now();
@@ -82,8 +103,7 @@ struct ThreadPool::Impl {
       }
       if (stop.load(std::memory_order_acquire)) return;
       seen = generation.load(std::memory_order_acquire);
-      do_tasks();
-      workers_done.fetch_add(1, std::memory_order_acq_rel);
+      do_tasks(seen);
     }
   }
 };
@@ -122,24 +142,29 @@ void ThreadPool::run(int n_tasks, const std::function<void(int)>& fn) {
     return;
   }
   std::lock_guard<std::mutex> run_lock(p.run_mu);
-  p.fn = &fn;
-  p.n_tasks = n_tasks;
+  // The previous job is over (all its tasks finished). Close the claim word under the new
+  // generation before replacing fn/n_tasks, so that no late worker can pair a claim of the old
+  // job with the new function; then open it.
+  const uint32_t gen = p.generation.load(std::memory_order_relaxed) + 1;
+  p.claim.store(((uint64_t)gen << 32) | kIndexMask, std::memory_order_seq_cst);
+  p.fn.store(&fn, std::memory_order_release);
+  p.n_tasks.store(n_tasks, std::memory_order_release);
   p.first_error = nullptr;
-  p.next_task.store(0, std::memory_order_relaxed);
-  p.workers_done.store(0, std::memory_order_relaxed);
-  p.generation.fetch_add(1, std::memory_order_seq_cst);  // publishes the job
+  p.failed.store(false, std::memory_order_relaxed);
+  p.finished.store(0, std::memory_order_relaxed);
+  p.claim.store((uint64_t)gen << 32, std::memory_order_release);
+  p.generation.store(gen, std::memory_order_seq_cst);  // publishes the job
   if (p.n_sleeping.load(std::memory_order_seq_cst) > 0) {
     { std::lock_guard<std::mutex> lock(p.mu); }
     p.cv.notify_all();
   }
-  p.do_tasks();
-  const int n_workers = (int)p.workers.size();
+  p.do_tasks(gen);
+  // wait for tasks that workers claimed and still run
   int polls = 0;
-  while (p.workers_done.load(std::memory_order_acquire) < n_workers) {
+  while (p.finished.load(std::memory_order_acquire) < n_tasks) {
     LKV_CPU_RELAX();
     if (++polls > 4096) std::this_thread::yield();  // a worker was descheduled: don't hog its core
   }
-  p.fn = nullptr;
   if (p.first_error) {
     std::exception_ptr e = p.first_error;
     p.first_error = nullptr;

@@ -4,6 +4,7 @@
 // hand-built block per layout; thread-pool behaviour; informational timings. Needs no model.
 // Usage: test_kernels [seed] [--no-timing]   (prints the seed it used; ends with "N passed, M failed")
 //        test_kernels --timing [--type=q8_0]   (timings only)
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -245,8 +246,47 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
       }
     }
   }
+  // shapes that reach the other tiling paths: more tokens than one token chunk (64) with rows
+  // that are not a multiple of the register tile, and rows longer than one segment of the
+  // Q8_0/Q4_0 prefill tile (512 blocks) with an odd block count, at decode and prefill sizes
+  for (uint32_t type : kWeightTypes) {
+    struct Case { int64_t rows, cols; int n_tok; };
+    const Case cases[] = {{37, 256, 77}, {9, 16640, 6}, {5, 16640, 1}};
+    for (const Case& c : cases) {
+      if (c.cols % ggml_block_size(type)) continue;
+      MatmulResult r = check_matmul(k, type, c.rows, c.cols, c.n_tok, false, pool2);
+      // float accumulation error grows like sqrt(terms): the 2k-term budget scaled for long rows
+      const double budget = matmul_budget(type) * (matmul_budget(type) < 1e-4 ? std::sqrt(std::max(1.0, c.cols / 2048.0)) : 1.0);
+      const bool ok = r.finite && r.guards && r.err_rms <= budget && r.err_max <= 6 * budget;
+      char name[128], detail[160];
+      std::snprintf(name, sizeof name, "matmul/%s/%s/%lldx%lld x %d tok", k.name, ggml_type_name(type), (long long)c.rows,
+                    (long long)c.cols, c.n_tok);
+      std::snprintf(detail, sizeof detail, "err rms %.2e max %.2e (budget %.1e)%s%s", r.err_rms, r.err_max, budget,
+                    r.finite ? "" : " NON-FINITE", r.guards ? "" : " GUARD OVERWRITTEN");
+      report(ok, name, detail);
+    }
+  }
+  // a batch of tokens gives the same bits as the tokens one at a time (the prefill tile and the
+  // decode kernel sum in the same order): batched prefill then equals token-by-token decode
+  for (uint32_t type : {kQ8_0, kQ4_0}) {
+    for (int64_t cols : {2048, 16640}) {
+      const int64_t rows = 11;
+      const int n_tok = 9;
+      std::vector<uint8_t> w = make_weights(type, rows, cols, false);
+      WeightView W{type, w.data(), rows, cols, ggml_row_bytes(type, cols)};
+      std::vector<float> x = gauss_vec((size_t)n_tok * cols), yb((size_t)n_tok * rows), y1(rows);
+      k.matmul(W, x.data(), n_tok, yb.data(), pool2);
+      bool same = true;
+      for (int t = 0; t < n_tok; t++) {
+        k.matmul(W, x.data() + (size_t)t * cols, 1, y1.data(), pool2);
+        same &= std::memcmp(y1.data(), yb.data() + (size_t)t * rows, rows * sizeof(float)) == 0;
+      }
+      report(same, std::string("matmul/") + k.name + "/" + ggml_type_name(type) + "/batch=single/" + std::to_string(cols),
+             "9 tokens at once and one at a time: identical bits");
+    }
+  }
   // columns that are not a multiple of 8 (float types have block size 1), and an odd number of
-  // 32-blocks (the Q8_0/Q4_0 kernels step two blocks at a time)
+  // 32-blocks
   for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0}) {
     const int64_t cols = ggml_block_size(type) == 1 ? 75 : 96;
     MatmulResult r = check_matmul(k, type, 13, cols, 5, false, pool2);
@@ -498,6 +538,23 @@ void test_threadpool() {
     });
     ok &= caught && sum == 29 * 30 / 2;
     report(ok, "threadpool/" + std::to_string(nt), "every task once, exceptions, nested run");
+  }
+  {  // many short runs in a row, more threads than this machine may have cores (workers get
+     // preempted and wake up late): every task exactly once per run, never a task of another run
+    ThreadPool pool(3);
+    bool ok = true;
+    std::vector<std::atomic<int>> hits(64);
+    for (int rep = 0; rep < 20000 && ok; rep++) {
+      const int n = 2 + rep % 23;
+      for (int i = 0; i < n; i++) hits[i].store(0, std::memory_order_relaxed);
+      const int tag = rep;
+      pool.run(n, [&, tag](int i) {
+        if (tag != rep) ok = false;  // a stale function would see another run's tag
+        hits[i].fetch_add(1, std::memory_order_relaxed);
+      });
+      for (int i = 0; i < n; i++) ok &= hits[i].load(std::memory_order_relaxed) == 1;
+    }
+    report(ok, "threadpool/stress", "20000 short runs on 3 threads: every task exactly once");
   }
   {  // sleeping workers wake up
     ThreadPool pool(2);
