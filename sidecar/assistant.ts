@@ -302,7 +302,10 @@ export class Assistant {
     log.info(`model: loading ${file} (${source}, ${header.architecture}, ${header.weightType}, ${(header.fileBytes / 1048576).toFixed(1)} MiB)`);
     let model: Model;
     try {
-      model = await Model.load(file, { threads: this.settings.threads > 0 ? this.settings.threads : undefined });
+      model = await Model.load(file, {
+        threads: this.settings.threads > 0 ? this.settings.threads : undefined,
+        backend: this.settings.backend,
+      });
     } catch (e) {
       throw this.failModel(e as Error);
     }
@@ -323,6 +326,7 @@ export class Assistant {
       fileBytes: i.fileBytes,
       weightType: i.weightType,
       backend: i.backend,
+      backendNote: i.backendNote,
       demo: source === 'demo',
     };
     this.modelState = 'ready';
@@ -379,6 +383,9 @@ export class Assistant {
     try {
       const s = model.createSession({ nCtx, kv: spec });
       this.warnings.delete('kv');
+      // the weights are on the GPU but the device cannot hold this KV spec: the session runs on the CPU
+      if (model.info.backend === 'cuda' && s.backend !== 'cuda') this.warnings.set('backend', s.backendNote);
+      else this.warnings.delete('backend');
       this.effectiveSpec = spec;
       return s;
     } catch (e) {

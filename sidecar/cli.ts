@@ -2,7 +2,7 @@
 // cli.ts — the `llamakv` command: one table of subcommands over the same engine and sidecar code
 // the extension uses. Every command takes --json; errors print one line on stderr and exit 1.
 import * as fs from 'fs';
-import { Model } from './engine';
+import { BackendName, Model } from './engine';
 import { checkFlags, flagBool, flagNum, flagStr, parseArgs, ParsedArgs, UsageError } from './args';
 import { synthModel, WeightTypeName } from './synth';
 
@@ -23,7 +23,7 @@ function needModel(a: ParsedArgs): string {
 }
 
 async function load(a: ParsedArgs): Promise<Model> {
-  return Model.load(needModel(a), { threads: flagNum(a, 'threads', 0) });
+  return Model.load(needModel(a), { threads: flagNum(a, 'threads', 0), backend: flagStr(a, 'backend') as BackendName | undefined });
 }
 
 function parseTokens(s: string): number[] {
@@ -37,10 +37,10 @@ const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
 
 const commands: Record<string, Command> = {
   info: {
-    usage: 'info MODEL [--json]',
+    usage: 'info MODEL [--backend auto|cpu|cuda] [--json]',
     async run(argv) {
       const a = parseArgs(argv, ['json']);
-      checkFlags(a, ['json', 'threads']);
+      checkFlags(a, ['json', 'threads', 'backend']);
       const m = await load(a);
       const i = m.info;
       const out = { ...i, chatTemplate: i.chatTemplate !== null, chatTemplateText: undefined };
@@ -51,6 +51,7 @@ const commands: Record<string, Command> = {
           `vocabulary ${fmt(i.nVocab)}, context ${fmt(i.contextLength)}, rope base ${i.ropeFreqBase} scaling ${i.ropeScaling}, ${i.tiedOutput ? 'tied' : 'separate'} output`,
           `tensor types: ${Object.entries(i.tensorTypes).map(([k, v]) => `${k} ×${v}`).join(', ')}`,
           `chat template: ${i.chatTemplate ? 'present' : 'absent'}; kernels ${i.kernels}`,
+          `backend ${i.backend} on ${i.device}${i.backendNote ? ` (${i.backendNote})` : ''}`,
         ].join('\n'),
       );
       m.dispose();
@@ -62,7 +63,7 @@ const commands: Record<string, Command> = {
     usage: 'tokenize MODEL --text STR [--bos] [--special] [--json]',
     async run(argv) {
       const a = parseArgs(argv, ['json', 'bos', 'special']);
-      checkFlags(a, ['json', 'text', 'bos', 'special', 'threads']);
+      checkFlags(a, ['json', 'text', 'bos', 'special', 'threads', 'backend']);
       const text = flagStr(a, 'text');
       if (text === undefined) throw new UsageError('missing --text');
       const m = await load(a);
@@ -74,10 +75,10 @@ const commands: Record<string, Command> = {
   },
 
   eval: {
-    usage: 'eval MODEL (--tokens 1,2,3 | --prompt STR) [--out FILE] [--kv SPEC] [--json]',
+    usage: 'eval MODEL (--tokens 1,2,3 | --prompt STR) [--out FILE] [--kv SPEC] [--backend auto|cpu|cuda] [--json]',
     async run(argv) {
       const a = parseArgs(argv, ['json']);
-      checkFlags(a, ['json', 'tokens', 'prompt', 'out', 'kv', 'threads']);
+      checkFlags(a, ['json', 'tokens', 'prompt', 'out', 'kv', 'threads', 'backend']);
       const tokArg = flagStr(a, 'tokens');
       const prompt = flagStr(a, 'prompt');
       if ((tokArg === undefined) === (prompt === undefined)) throw new UsageError('give exactly one of --tokens or --prompt');
@@ -99,10 +100,10 @@ const commands: Record<string, Command> = {
   },
 
   generate: {
-    usage: 'generate MODEL --prompt STR [--max-tokens N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--chat] [--kv SPEC] [--json]',
+    usage: 'generate MODEL --prompt STR [--max-tokens N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--chat] [--kv SPEC] [--backend auto|cpu|cuda] [--json]',
     async run(argv) {
       const a = parseArgs(argv, ['json', 'chat']);
-      checkFlags(a, ['json', 'prompt', 'max-tokens', 'temp', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'chat', 'kv', 'threads', 'stop']);
+      checkFlags(a, ['json', 'prompt', 'max-tokens', 'temp', 'top-k', 'top-p', 'min-p', 'repeat-penalty', 'seed', 'chat', 'kv', 'threads', 'stop', 'backend']);
       const prompt = flagStr(a, 'prompt');
       if (prompt === undefined) throw new UsageError('missing --prompt');
       const json = flagBool(a, 'json');
@@ -141,6 +142,7 @@ const commands: Record<string, Command> = {
           tokens: sum.tokens,
           promptTokens: tokens.length,
           stopReason: sum.stopReason,
+          backend: s.backend,
           timings: { prefillMs, prefillTokensPerSecond: (tokens.length / prefillMs) * 1000, decodeMs: sum.decodeMs, decodeTokensPerSecond: decodeTps },
           kv: s.kvStats(),
         }, () => '');
@@ -223,6 +225,7 @@ export function registerCommand(name: string, c: Command): void {
 }
 
 require('./bench'); // registers `llamakv bench`
+require('./tune'); // registers `llamakv tune`
 
 if (require.main === module) {
   main(process.argv.slice(2)).then((code) => {

@@ -2,6 +2,7 @@
 // sessions (prefill, streamed generation, last-position logits, rewind, KV stats, save/load).
 // Heavy work runs in the addon off the JS thread; tokens stream back as they are produced.
 import { Template } from '@huggingface/jinja';
+import { log } from './log';
 import { nativeAddon, NativeModel, NativeSession } from './native';
 import type { ChatMessage, KvStats } from './protocol';
 
@@ -30,11 +31,25 @@ export interface ModelInfo {
   eot: number;
   addBos: boolean;
   kernels: string;
-  backend: string;
+  /** Where the model's sessions run: the CPU, or CUDA when its weights are on the GPU. */
+  backend: 'cpu' | 'cuda';
+  /** The GPU ("NVIDIA H200, sm_90, 132 SMs, 139 GiB") or the CPU's name. */
+  device: string;
+  /** Present when backend "auto" chose the CPU: why CUDA was not used. */
+  backendNote?: string;
 }
+
+export type BackendName = 'auto' | 'cpu' | 'cuda';
+export const BACKENDS: readonly BackendName[] = ['auto', 'cpu', 'cuda'];
 
 export interface LoadOptions {
   threads?: number;
+  /**
+   * "auto" (default): CUDA when the addon was built with it, a usable GPU is present and the
+   * weights fit; otherwise the CPU (info.backendNote says why). "cuda": CUDA or an Error naming
+   * the cause. "cpu": never touches CUDA.
+   */
+  backend?: BackendName;
   onProgress?: (fraction: number) => void;
 }
 
@@ -106,8 +121,12 @@ export class Model {
   static async load(file: string, opts: LoadOptions = {}): Promise<Model> {
     const addon = nativeAddon();
     const threads = opts.threads && opts.threads > 0 ? opts.threads : 0;
-    const handle = await addon.loadModel(file, { threads }, opts.onProgress);
+    const backend = opts.backend ?? 'auto';
+    if (!BACKENDS.includes(backend)) throw new Error(`unknown backend '${String(backend)}' (auto, cpu or cuda)`);
+    const handle = await addon.loadModel(file, { threads, backend }, opts.onProgress);
     const info = handle.info() as unknown as ModelInfo;
+    if (info.backendNote) log.info(`engine: backend ${info.backend} (${info.backendNote})`);
+    else log.debug(`engine: backend ${info.backend} on ${info.device}`);
     return new Model(handle, info);
   }
 
@@ -154,7 +173,9 @@ export class Model {
   createSession(opts: SessionOptions = {}): Session {
     this.check();
     const nCtx = opts.nCtx ?? Math.min(this.info.contextLength, 32768);
-    return new Session(this, this.handle.createSession({ nCtx, kv: opts.kv ?? 'f16' }));
+    const session = new Session(this, this.handle.createSession({ nCtx, kv: opts.kv ?? 'f16' }));
+    if (this.info.backend === 'cuda' && session.backend !== 'cuda') log.warn(`engine: ${session.backendNote}`);
+    return session;
   }
 
   dispose(): void {
@@ -183,6 +204,14 @@ export class Session {
   }
   get nCtx(): number {
     return this.handle.nCtx();
+  }
+  /** Where this session runs: the model's backend, or "cpu" when the GPU cannot hold its KV spec. */
+  get backend(): 'cpu' | 'cuda' {
+    return this.handle.backend();
+  }
+  /** Why a session of a CUDA model runs on the CPU ("" when it does not). */
+  get backendNote(): string {
+    return this.handle.backendNote();
   }
   tokens(): number[] {
     return Array.from(this.handle.tokens());

@@ -47,6 +47,9 @@ export interface NativeSession {
   };
   saveState(file: string, meta: string): Promise<void>;
   loadState(file: string): Promise<string>;
+  /** "cuda" when the session runs on the GPU; "cpu" otherwise (backendNote says why, for a CUDA model). */
+  backend(): 'cpu' | 'cuda';
+  backendNote(): string;
   dispose(): void;
 }
 
@@ -59,10 +62,15 @@ export interface NativeModel {
 }
 
 export interface NativeAddon {
-  loadModel(file: string, opts: { threads: number }, onProgress?: (fraction: number) => void): Promise<NativeModel>;
+  /** Rejects for backend "cuda" when CUDA is unusable (the message names the cause); throws for an unknown backend. */
+  loadModel(
+    file: string,
+    opts: { threads: number; backend?: 'auto' | 'cpu' | 'cuda' },
+    onProgress?: (fraction: number) => void,
+  ): Promise<NativeModel>;
   quantize(type: string, values: Float32Array): Buffer;
   dequantize(type: string, data: Buffer, n: number): Float32Array;
-  systemInfo(): { cpu: string; kernels: string; cuda: string; cudaAvailable: boolean; threads: number };
+  systemInfo(): { cpu: string; kernels: string; cuda: string; cudaCompiled: boolean; cudaAvailable: boolean; threads: number };
 }
 
 let cached: NativeAddon | null = null;

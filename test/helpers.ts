@@ -55,23 +55,8 @@ export async function llamaCpp(): Promise<import('node-llama-cpp').Llama> {
   return llamaPromise;
 }
 
-/** log-softmax of a logit vector (float64). */
-export function logSoftmax(logits: ArrayLike<number>): Float64Array {
-  let mx = -Infinity;
-  for (let i = 0; i < logits.length; i++) mx = Math.max(mx, logits[i]);
-  let s = 0;
-  for (let i = 0; i < logits.length; i++) s += Math.exp(logits[i] - mx);
-  const lse = mx + Math.log(s);
-  const out = new Float64Array(logits.length);
-  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - lse;
-  return out;
-}
-
-export function argmax(a: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
-  return best;
-}
+import { argmax, logSoftmax } from '../sidecar/logits';
+export { argmax, logSoftmax };
 
 export interface Divergence {
   maxAbsDiff: number;

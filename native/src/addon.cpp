@@ -127,6 +127,8 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
                                     InstanceMethod("kvStats", &SessionWrap::KvStatsJs),
                                     InstanceMethod("saveState", &SessionWrap::SaveState),
                                     InstanceMethod("loadState", &SessionWrap::LoadState),
+                                    InstanceMethod("backend", &SessionWrap::Backend),
+                                    InstanceMethod("backendNote", &SessionWrap::BackendNote),
                                     InstanceMethod("dispose", &SessionWrap::Dispose)});
     ctor = Napi::Persistent(f);
   }
@@ -248,6 +250,9 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     return a;
   }
   Napi::Value KvStatsJs(const Napi::CallbackInfo& info) { return kv_stats_object(info.Env(), live(info.Env()).kv_stats()); }
+  // "cpu" or "cuda"; the note says why a session of a CUDA model runs on the CPU ("" otherwise).
+  Napi::Value Backend(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), live(info.Env()).backend()); }
+  Napi::Value BackendNote(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), live(info.Env()).backend_note()); }
 
   Napi::Value SaveState(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -305,6 +310,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   std::shared_ptr<const Model> model;
   std::shared_ptr<Engine> engine;
   std::string path;
+  BackendChoice backend;  // name, device, and why "auto" chose the CPU
 
  private:
   const Model& live(Napi::Env env) {
@@ -345,7 +351,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     o.Set("addBos", m.tokenizer->add_bos_default());
     o.Set("kernels", engine->kernels->name);
     o.Set("threads", engine->pool->size());
-    o.Set("backend", "cpu");
+    o.Set("backend", backend.name);
+    o.Set("device", backend.device);
+    if (!backend.note.empty()) o.Set("backendNote", backend.note);
     return o;
   }
 
@@ -392,7 +400,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    model.reset();  // sessions keep the mapping alive until they are gone
+    model.reset();  // sessions keep the mapping (and the device weights) alive until they are gone
+    engine.reset();
+    backend.cuda.reset();
     return info.Env().Undefined();
   }
 };
@@ -405,21 +415,35 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   if (!info[0].IsString()) throw Napi::TypeError::New(env, "loadModel(path: string, options?, onProgress?)");
   std::string path = info[0].As<Napi::String>();
   int threads = 0;
+  std::string backend = "auto";
   if (info[1].IsObject()) {
     Napi::Object o = info[1].As<Napi::Object>();
     if (o.Has("threads") && o.Get("threads").IsNumber()) threads = o.Get("threads").As<Napi::Number>().Int32Value();
+    if (o.Has("backend") && !o.Get("backend").IsUndefined()) {
+      if (!o.Get("backend").IsString()) throw Napi::TypeError::New(env, "loadModel: options.backend must be 'auto', 'cpu' or 'cuda'");
+      backend = o.Get("backend").As<Napi::String>().Utf8Value();
+    }
   }
-  return run_async(env, info[2], "llamakv.load", [path, threads](const AsyncJob::Emit& emit) {
+  try {
+    check_backend_name(backend);
+  } catch (const Error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  return run_async(env, info[2], "llamakv.load", [path, threads, backend](const AsyncJob::Emit& emit) {
     std::shared_ptr<const Model> model(Model::load(path, [&](double f) {
       emit([f](Napi::Env env, Napi::Function cb) { cb.Call({Napi::Number::New(env, f)}); });
     }));
+    BackendChoice choice = choose_backend(*model, backend);  // throws for "cuda" when unusable
     auto engine = std::make_shared<Engine>(threads);
-    return std::function<Napi::Value(Napi::Env)>([model, engine, path](Napi::Env env) -> Napi::Value {
+    engine->cuda = choice.cuda;
+    engine->cuda_required = choice.required;
+    return std::function<Napi::Value(Napi::Env)>([model, engine, path, choice](Napi::Env env) -> Napi::Value {
       Napi::Object js = ModelWrap::ctor.New({});
       ModelWrap* w = ModelWrap::Unwrap(js);
       w->model = model;
       w->engine = engine;
       w->path = path;
+      w->backend = choice;
       return js;
     });
   });

@@ -20,6 +20,7 @@
 #include "kv_block.h"
 #include "kv_formats.h"
 #include "kv_policy.h"
+#include "kv_stream.h"
 #include "kv_tiles.h"
 #include "simd_math.h"
 
@@ -29,8 +30,7 @@ namespace {
 
 using namespace kvc;
 
-constexpr uint32_t kStateMagic = 0x314b564bu;  // "KVK1"
-constexpr uint32_t kStateVersion = 1;
+using namespace kvstream;
 constexpr int kResTile = 64;  // residual rows per tile
 
 struct Head {
@@ -45,41 +45,6 @@ struct Head {
 
   int res_rows() const { return (int)rpos.size(); }
 };
-
-// ---- serialization helpers ----------------------------------------------------------------------
-
-template <typename T>
-void put(std::ostream& o, const T& x) {
-  o.write((const char*)&x, sizeof x);
-}
-template <typename T>
-void put_vec(std::ostream& o, const std::vector<T>& v) {
-  put<uint64_t>(o, v.size());
-  o.write((const char*)v.data(), (std::streamsize)(v.size() * sizeof(T)));
-}
-template <typename T>
-T get(std::istream& in) {
-  T x{};
-  in.read((char*)&x, sizeof x);
-  LKV_CHECK((bool)in, "kv state: truncated");
-  return x;
-}
-template <typename T>
-void get_vec(std::istream& in, std::vector<T>& v, uint64_t expect, const char* what) {
-  const uint64_t n = get<uint64_t>(in);
-  LKV_CHECK(n == expect, "kv state: %s has %llu entries, expected %llu", what, (unsigned long long)n, (unsigned long long)expect);
-  v.resize((size_t)n);
-  in.read((char*)v.data(), (std::streamsize)(n * sizeof(T)));
-  LKV_CHECK((bool)in, "kv state: truncated in %s", what);
-}
-template <typename T>
-void get_vec_upto(std::istream& in, std::vector<T>& v, uint64_t limit, const char* what) {
-  const uint64_t n = get<uint64_t>(in);
-  LKV_CHECK(n <= limit, "kv state: %s has %llu entries (at most %llu)", what, (unsigned long long)n, (unsigned long long)limit);
-  v.resize((size_t)n);
-  in.read((char*)v.data(), (std::streamsize)(n * sizeof(T)));
-  LKV_CHECK((bool)in, "kv state: truncated in %s", what);
-}
 
 // ---- the cache ----------------------------------------------------------------------------------
 

@@ -18,18 +18,25 @@ struct Preset {
   const char* name;
   const char* spec;
 };
-// What a preset is for (sizes and retrieval measured with test_kv --timing and the needle model):
+// What a preset is for (chosen with `llamakv tune` on the needle model at 4k/16k/32k and the
+// 1B-shaped model at 2k; README has the table):
 //   q8, q4, q2  plain quantization, every token kept;
-//   balanced    2-bit with large groups and a few exact outliers, every token kept: a question
-//               asked after the workspace was prefilled still finds its one line (eviction before
-//               the question exists is blind, and the needle model shows it losing needles);
-//   max         balanced's format plus question-agnostic eviction of half the tokens.
+//   balanced    2-bit keys and values (g128, one value group per head, Hadamard rotation) plus
+//               question-agnostic eviction of 30% of the tokens. 2-bit alone stops near 6-7x
+//               (scales, the f16 residual and the slot index cost ~20 bytes a token per
+//               layer-head), so 8x needs eviction. At 0.7 the needle model finds 95/96 needles at
+//               16k (3 seeds) and 32/32 at 32k, at 7.7x (16k) and 8.0x (32k) with head_dim 128;
+//               the one miss is the earliest needle (depth 1.4%, where the running mean key is
+//               young), also lost at 0.65; 0.75 keeps it but stays at 7.3-7.6x.
+//   max         the same format keeping 40% of the tokens: ~11-12x, needles 90%+. Below ~0.38 the
+//               agnostic score (1 - cosine to the mean key) no longer ranks needles above filler
+//               and retrieval falls off a cliff (b0.35: 1/32), so max stays short of 16x.
 const Preset kPresets[] = {
     {"q8", "k8,v8,g64,vg64,r64,norot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
     {"q4", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
     {"q2", "k2,v2,g64,vg64,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
-    {"balanced", "k2,v2,g128,vg0,r128,rot,o0.005,b1.0,s8,w256,agnostic,ow32,rw512"},
-    {"max", "k2,v2,g128,vg0,r64,rot,o0,b0.5,s8,w128,agnostic,ow32,rw256"},
+    {"balanced", "k2,v2,g128,vg0,r32,rot,o0,b0.7,s8,w256,agnostic,ow32,rw512"},
+    {"max", "k2,v2,g128,vg0,r32,rot,o0,b0.4,s8,w128,agnostic,ow32,rw256"},
 };
 
 bool valid_bits(int b) { return b == 16 || b == 8 || b == 4 || b == 2; }

@@ -1,11 +1,15 @@
-// session.cpp — prefill, generation, rewind and state files of one session.
+// session.cpp — prefill, generation, rewind and state files of one session, on the CPU or
+// delegated to a CudaSession (every CUDA branch is an `if (cuda_)`; the CPU path is unchanged).
 #include "session.h"
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
+
+#include "cuda/cuda_backend.h"
 
 namespace lkv {
 
@@ -16,11 +20,60 @@ Engine::Engine(int threads) : kernels(&kernels_best()) {
 
 Session::Session(std::shared_ptr<const Model> model, std::shared_ptr<Engine> engine, int n_ctx, const std::string& kv_spec)
     : model_(std::move(model)), engine_(std::move(engine)), n_ctx_(n_ctx) {
+  if (engine_->cuda) {
+    std::string why;
+    if (!cuda_holds_kv(kv_spec, &why)) {
+      backend_note_ = "KV spec '" + kv_spec + "' runs on the CPU: " + why;
+    } else {
+      try {
+        std::lock_guard<std::mutex> lock(engine_->device);
+        cuda_ = engine_->cuda->new_session(n_ctx, kv_spec);
+      } catch (const std::exception& e) {
+        if (engine_->cuda_required) throw;
+        backend_note_ = std::string("this session runs on the CPU: ") + e.what();
+      }
+    }
+    if (cuda_) {
+      state_ = std::make_unique<SessionState>();  // tokens and has_logits; the cache is on the device
+      return;
+    }
+  }
   state_ = make_session_state(*model_, n_ctx, kv_spec);
 }
 
+Session::~Session() = default;
+
+const std::vector<float>* Session::logits() const {
+  if (!state_->has_logits) return nullptr;
+  if (cuda_) {
+    std::lock_guard<std::mutex> lock(engine_->device);
+    return &cuda_->logits();
+  }
+  return &state_->logits;
+}
+
+std::string Session::kv_spec() const { return cuda_ ? cuda_->kv_spec() : state_->kv->spec(); }
+
+KvStats Session::kv_stats() const { return cuda_ ? cuda_->kv_stats() : state_->kv->stats(); }
+
 void Session::eval(const std::vector<int32_t>& tokens, bool want_logits, const std::function<void(int, int)>& progress) {
   LKV_CHECK(!tokens.empty(), "eval: no tokens");
+  if (cuda_) {
+    std::lock_guard<std::mutex> lock(engine_->device);
+    state_->has_logits = false;
+    const int before = cuda_->n_tokens();
+    try {
+      cuda_->eval(tokens.data(), (int)tokens.size(), want_logits, &cancel_, progress);
+    } catch (...) {
+      // chunks evaluated before a cancel or an error stay in the context, as on the CPU
+      const int done = cuda_->n_tokens() - before;
+      state_->tokens.insert(state_->tokens.end(), tokens.begin(), tokens.begin() + done);
+      throw;
+    }
+    state_->tokens.insert(state_->tokens.end(), tokens.begin(), tokens.end());
+    state_->has_logits = want_logits;
+    return;
+  }
   std::lock_guard<std::mutex> lock(engine_->compute);
   ForwardContext ctx;
   ctx.kernels = engine_->kernels;
@@ -33,13 +86,22 @@ GenerateResult Session::generate(const SamplingParams& sp, int max_tokens, const
   LKV_CHECK(state_->has_logits, "generate: evaluate a prompt first (no logits yet)");
   LKV_CHECK(max_tokens >= 0, "generate: max_tokens must be >= 0");
   Sampler sampler(sp);
+  // Greedy without a repetition penalty is an arg-max: on CUDA it runs on the device and only the
+  // token id comes back (the logits stay there unless logits() asks for them).
+  const bool device_argmax = cuda_ && sp.temperature <= 0.0f && (sp.repeat_penalty == 1.0f || sp.repeat_last_n == 0);
   GenerateResult r;
   r.reason = "length";
   const Tokenizer& tok = *model_->tokenizer;
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < max_tokens; i++) {
     if (cancel_.load()) { r.reason = "cancelled"; break; }
-    const int32_t next = sampler.sample(state_->logits.data(), model_->cfg.n_vocab, state_->tokens);
+    int32_t next;
+    if (device_argmax) {
+      std::lock_guard<std::mutex> lock(engine_->device);
+      next = cuda_->argmax();
+    } else {
+      next = sampler.sample(logits()->data(), model_->cfg.n_vocab, state_->tokens);
+    }
     r.tokens++;
     on_token(next);
     if (tok.is_eog(next)) { r.reason = "eos"; break; }
@@ -57,6 +119,13 @@ GenerateResult Session::generate(const SamplingParams& sp, int max_tokens, const
 
 void Session::truncate(int n) {
   LKV_CHECK(n >= 0 && n <= n_tokens(), "truncate: %d is outside [0, %d]", n, n_tokens());
+  if (cuda_) {
+    std::lock_guard<std::mutex> lock(engine_->device);
+    cuda_->truncate(n);
+    state_->tokens.resize((size_t)n);
+    state_->has_logits = false;
+    return;
+  }
   std::lock_guard<std::mutex> lock(engine_->compute);
   state_->kv->truncate(n);
   state_->tokens.resize((size_t)n);
@@ -91,6 +160,13 @@ std::string get_str(std::istream& in, size_t limit) {
 }
 }  // namespace
 
+// Bytes of an f16 cache's payload holding n positions (DenseKvCache<uint16_t>::save): the count,
+// then per layer and KV head the keys in whole tiles of 64 positions and the values.
+static uint64_t cuda_f16_payload_bytes(const LlamaConfig& c, uint64_t n) {
+  const uint64_t tiles = (n + 63) / 64;
+  return 4 + (uint64_t)c.n_layer * c.n_head_kv * (tiles * 64 + n) * c.head_dim * 2;
+}
+
 std::string Session::model_identity() const {
   const LlamaConfig& c = model_->cfg;
   // Shape, vocabulary size, a fingerprint of the file header (metadata and tensor table) and of
@@ -113,12 +189,17 @@ void Session::save(const std::string& path, const std::string& meta) const {
   body.write(kMagic, 4);
   body.write((const char*)&kVersion, 4);
   put_str(body, model_identity());
-  put_str(body, state_->kv->spec());
+  put_str(body, kv_spec());
   put_str(body, meta);
   const uint64_t nt = state_->tokens.size();
   body.write((const char*)&nt, 8);
   body.write((const char*)state_->tokens.data(), (std::streamsize)(nt * sizeof(int32_t)));
-  state_->kv->save(body);
+  if (cuda_) {
+    std::lock_guard<std::mutex> lock(engine_->device);
+    cuda_->save_kv(body);  // the f16 cache's payload, byte for byte: files move between backends
+  } else {
+    state_->kv->save(body);
+  }
   const std::string bytes = body.str();
   const uint64_t sum = fnv1a(bytes.data(), bytes.size());
   const std::string tmp = path + ".tmp" + std::to_string((uintptr_t)this);
@@ -151,8 +232,8 @@ std::string Session::load(const std::string& path) {
   const std::string ident = get_str(body, 4096);
   LKV_CHECK(ident == model_identity(), "state file %s was made with a different model (%s)", path.c_str(), ident.c_str());
   const std::string spec = get_str(body, 4096);
-  LKV_CHECK(spec == state_->kv->spec(), "state file %s uses KV spec '%s', this session uses '%s'", path.c_str(), spec.c_str(),
-            state_->kv->spec().c_str());
+  LKV_CHECK(spec == kv_spec(), "state file %s uses KV spec '%s', this session uses '%s'", path.c_str(), spec.c_str(),
+            kv_spec().c_str());
   std::string meta = get_str(body, bytes.size());
   uint64_t nt = 0;
   body.read((char*)&nt, 8);
@@ -161,6 +242,31 @@ std::string Session::load(const std::string& path) {
   std::vector<int32_t> toks((size_t)nt);
   body.read((char*)toks.data(), (std::streamsize)(nt * sizeof(int32_t)));
   LKV_CHECK((bool)body, "state file %s is truncated", path.c_str());
+  if (cuda_) {
+    // The device cache is overwritten as the payload is read, so check its size first: a bad file
+    // must leave the session untouched.
+    const size_t at = (size_t)body.tellg();
+    const size_t rest = bytes.size() - 12 - at;
+    // (a compressed payload is checked by load_kv itself, which leaves the session as it was)
+    if (spec == "f16") {
+      const uint64_t want = cuda_f16_payload_bytes(model_->cfg, nt);
+      int32_t n = -1;
+      if (rest >= 4) std::memcpy(&n, bytes.data() + 4 + at, 4);
+      LKV_CHECK(rest == want && n == (int32_t)nt, "state file %s: the cache payload does not match its %llu tokens", path.c_str(),
+                (unsigned long long)nt);
+    }
+    std::lock_guard<std::mutex> lock(engine_->device);
+    try {
+      cuda_->load_kv(body);
+    } catch (const Error& e) {
+      throw Error(strprintf("state file %s: %s", path.c_str(), e.what()));
+    }
+    LKV_CHECK(cuda_->n_tokens() == (int)nt, "state file %s: cache holds %d tokens, token list %llu", path.c_str(), cuda_->n_tokens(),
+              (unsigned long long)nt);
+    state_->tokens = std::move(toks);
+    state_->has_logits = false;
+    return meta;
+  }
   auto fresh = make_session_state(*model_, n_ctx_, spec);
   fresh->kv->load(body);
   LKV_CHECK(fresh->kv->n_tokens() == (int)nt, "state file %s: cache holds %d tokens, token list %llu", path.c_str(),

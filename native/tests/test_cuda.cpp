@@ -4,9 +4,11 @@
 // the error paths. Without a usable GPU, or in a build without CUDA, every case prints SKIP with
 // the reason and the run ends "0 passed, 0 failed, N skipped" with exit status 0. Needs no model.
 // Usage: test_cuda [seed] [--only=PREFIX]   (e.g. --only=attention)
-//        test_cuda --host [seed]   (no GPU needed: the device weight layout and decoder, run on the CPU)
+//        test_cuda --host [seed]   (no GPU needed: the device weight layout and decoder, run on the CPU,
+//                                   and the backend choice of Model.load as this machine answers it)
 //        test_cuda --bench [--model FILE | --synth FILE [--preset 1b|tiny]] [--ctx 4096,32768] [--decode 64]
-//          decode and prefill tokens/s and achieved bandwidth against the device's copy bandwidth;
+//                          [--kv off,q8,q4,q2]
+//          decode and prefill tokens/s per KV spec and achieved bandwidth against the device's copy bandwidth;
 //          --synth writes a Llama-3.2-1B-shaped (or tiny) q8_0 model to FILE first unless it exists.
 #include <algorithm>
 #include <chrono>
@@ -25,14 +27,18 @@
 
 #include <unistd.h>
 
+#include "backend.h"
 #include "common.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_ops.h"
 #include "forward.h"
 #include "kernels.h"
 #include "kv_cache.h"
+#include "kv_compressed.h"
+#include "kv_formats.h"
 #include "model.h"
 #include "quant.h"
+#include "session.h"
 
 using namespace lkv;
 
@@ -103,6 +109,22 @@ constexpr double kAttentionBudget = 5e-5;
 // key that rounds to the neighbouring f16 on one side: 3e-5 .. 6e-4 seen over seeds. Budget 2e-3
 // (a wrong RoPE, mask or scale is off by O(1)).
 constexpr double kForwardBudget = 2e-3;
+
+// Compressed KV cache (cuda_kv.cu). The quantizer rounds exactly as kv_formats.h's reference, so
+// its codes, scales and zero points must be identical (budget: 0 differing bytes). Attention over
+// the same compressed blocks as the CPU's plain reference attention (double sums over the
+// dequantized rows): the device dequantizes with one FMA per element (the reference rounds the
+// product first) and sums in float: 1e-4 of RMS(v), twice the f16 budget.
+constexpr double kKvAttentionBudget = 1e-4;
+// Whole forward passes with a compressed cache against forward.cpp with the same spec: the f16
+// residual rows the blocks are quantized from may differ by one f16 step where the roped key
+// lands on a rounding boundary, and then a code may flip by one level (at 2 bits a third of the
+// range). Budget 2e-2 of the logits' RMS (unverified on hardware; a wrong layout is off by O(1)).
+constexpr double kForwardKvBudget = 2e-2;
+// Specs the device holds (the presets without eviction, and the corners of the grammar: 16-bit
+// keys or values, small and large blocks, one value group per head).
+const char* const kDeviceKvSpecs[] = {"q8", "q4", "q2", "k4,v2,g32,vg16,r16,norot", "k2,v4,g128,vg0,r64,rot",
+                                      "k16,v4,g64,vg32,r32", "k8,v16,g8,r8,norot", "k4,v4,g256,vg64,r0,rot"};
 
 // ---- guarded output buffers (the device gets the whole span and must leave the guards) -------
 
@@ -456,6 +478,217 @@ void test_attention() {
              });
 }
 
+// ---- the compressed KV cache ------------------------------------------------------------------
+
+KvShape kv_shape(int n_head, int n_kv, int hd, int n_ctx) {
+  KvShape s;
+  s.n_layer = 2;
+  s.n_head = n_head;
+  s.n_head_kv = n_kv;
+  s.head_dim = hd;
+  s.n_ctx = n_ctx;
+  return s;
+}
+
+// What kv_formats.h's reference quantizers make of one block per head: kp | kc | vp | vc, heads
+// one after another (rows rounded to f16 first, as the residual window holds them).
+std::vector<uint8_t> kv_reference_images(const KvShape& s, const KvSpec& spec, const float* k, const float* v) {
+  const int hd = s.head_dim, G = spec.group, vg = spec.vgroup ? spec.vgroup : hd, nkv = s.n_head_kv;
+  const int kb = spec.tiers[0].kbits, vb = spec.tiers[0].vbits, ng = kv_value_param_count(hd, vg, vb), RB = kv_value_row_bytes(hd, vb);
+  std::vector<uint8_t> out;
+  for (int h = 0; h < nkv; h++) {
+    std::vector<float> K((size_t)G * hd), V((size_t)G * hd);
+    for (int j = 0; j < G; j++)
+      for (int c = 0; c < hd; c++) {
+        K[(size_t)j * hd + c] = f16_to_f32(f32_to_f16(k[((size_t)j * nkv + h) * hd + c]));
+        V[(size_t)j * hd + c] = f16_to_f32(f32_to_f16(v[((size_t)j * nkv + h) * hd + c]));
+      }
+    std::vector<KvQParams> kp((size_t)kv_key_param_count(hd, kb)), vp((size_t)G * ng);
+    std::vector<uint8_t> kc((size_t)kv_key_code_bytes(G, hd, kb)), vc((size_t)G * RB);
+    kv_quantize_keys_ref(K.data(), G, hd, kb, nullptr, kp.data(), kc.data());
+    for (int j = 0; j < G; j++)
+      kv_quantize_value_row_ref(V.data() + (size_t)j * hd, hd, vg, vb, nullptr, vp.data() + (size_t)j * ng, vc.data() + (size_t)j * RB);
+    auto add = [&](const void* p, size_t n) { out.insert(out.end(), (const uint8_t*)p, (const uint8_t*)p + n); };
+    add(kp.data(), kp.size() * 4);
+    add(kc.data(), kc.size());
+    add(vp.data(), vp.size() * 4);
+    add(vc.data(), vc.size());
+  }
+  return out;
+}
+
+// Block rows with the shapes real keys have: a few channels (outliers) far larger than the rest,
+// constant columns and exact zeros (the -0/+0 and hi == lo corners of the fit).
+void kv_rows(std::vector<float>& k, std::vector<float>& v, size_t rows, int kvd) {
+  k = gauss_vec(rows * kvd);
+  v = gauss_vec(rows * kvd, 0.5f);
+  for (size_t r = 0; r < rows; r++) {
+    k[r * kvd + 3] *= 20.f;
+    k[r * kvd + 5] = 1.25f;
+    v[r * kvd + 9] = (r % 2) ? 0.0f : -0.0f;
+    v[r * kvd + 17] *= 30.f;
+  }
+}
+
+int kv_differing_bytes(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  if (a.size() != b.size()) return -1;
+  int n = 0;
+  for (size_t i = 0; i < a.size(); i++) n += a[i] != b[i];
+  return n;
+}
+
+// A CPU compressed cache of `spec` filled with n_tok random rows in chunks (each committed), as
+// forward.cpp fills it; returns its save() payload.
+std::unique_ptr<KvCache> kv_filled_cache(const KvShape& s, const std::string& spec, int n_tok, int chunk, std::string* payload,
+                                         double* v_rms = nullptr) {
+  auto cache = make_kv_cache(s, spec);
+  const int kvd = s.n_head_kv * s.head_dim;
+  double ss = 0;
+  for (int pos = 0; pos < n_tok; pos += chunk) {
+    const int n = std::min(chunk, n_tok - pos);
+    std::vector<float> k, v;
+    kv_rows(k, v, (size_t)n, kvd);
+    for (float x : v) ss += (double)x * x;
+    for (int l = 0; l < s.n_layer; l++) cache->store(l, pos, n, k.data(), v.data());
+    cache->commit(pos + n);
+  }
+  std::ostringstream out;
+  cache->save(out);
+  *payload = out.str();
+  if (v_rms) *v_rms = std::sqrt(ss / std::max<double>(1, (double)n_tok * kvd)) + 1e-30;
+  return cache;
+}
+
+std::string kv_stats_mismatch(const KvStats& a, const KvStats& b) {
+  std::string w;
+  auto chk = [&](bool ok, const char* what) { if (!ok) w += std::string(" ") + what; };
+  chk(a.tokens == b.tokens, "tokens");
+  chk(a.bytes == b.bytes, "bytes");
+  chk(a.f16_bytes == b.f16_bytes, "f16_bytes");
+  chk(a.per_layer == b.per_layer, "per_layer");
+  chk(a.spec == b.spec, "spec");
+  chk(a.code_bytes == b.code_bytes && a.param_bytes == b.param_bytes && a.outlier_bytes == b.outlier_bytes &&
+          a.residual_bytes == b.residual_bytes && a.index_bytes == b.index_bytes && a.journal_bytes == b.journal_bytes,
+      "breakdown");
+  chk(a.resident_tokens == b.resident_tokens && a.residual_tokens == b.residual_tokens && a.evicted_tokens == b.evicted_tokens &&
+          a.tier_tokens == b.tier_tokens,
+      "token counts");
+  return w;
+}
+
+// Host cases (test_cuda --host; a CUDA build, no GPU): the device quantizer's code, layout and
+// decoder, and the payload and accounting, run on the CPU against the CPU cache's own.
+void test_kv_on_host(bool compiled) {
+  for (const char* spec : kDeviceKvSpecs) {
+    const std::string name = std::string("kv-on-host/") + spec;
+    if (!compiled) {
+      g_skipped++;
+      std::printf("SKIP %s  (built without CUDA)\n", name.c_str());
+      continue;
+    }
+    std::vector<std::string> wrong;
+    try {
+      const KvSpec ks = parse_kv_spec(spec);
+      for (int hd : {64, 128}) {
+        const KvShape s = kv_shape(4, 2, hd, 1024);
+        // 1. the quantizer: identical bytes
+        std::vector<float> k, v;
+        kv_rows(k, v, (size_t)ks.group, s.n_head_kv * hd);
+        const std::vector<uint8_t> got = cuda_ops::kv_quantize_block(s, spec, k.data(), v.data(), true);
+        const int d = kv_differing_bytes(got, kv_reference_images(s, ks, k.data(), v.data()));
+        if (d != 0) wrong.push_back(strprintf("hd%d quantizer: %d bytes differ from kv_formats.h's reference", hd, d));
+        // 2. a CPU cache's payload: parsed and written back byte for byte, the same accounting,
+        // every held row decoded by the kernels' decoder as the CPU's reference decodes it
+        for (int n_tok : {0, 5, 3 * ks.group + ks.residual + 7}) {
+          std::string payload;
+          auto cache = kv_filled_cache(s, spec, n_tok, 37, &payload);
+          KvStats st;
+          if (cuda_ops::kv_payload_on_host(s, spec, payload, &st) != payload)
+            wrong.push_back(strprintf("hd%d n%d: payload not written back byte for byte", hd, n_tok));
+          const std::string mism = kv_stats_mismatch(st, cache->stats());
+          if (!mism.empty()) wrong.push_back(strprintf("hd%d n%d: stats differ in", hd, n_tok) + mism);
+          for (int l = 0; l < s.n_layer; l++)
+            for (int h = 0; h < s.n_head_kv; h++) {
+              std::vector<int> pd, pc;
+              std::vector<float> kd, vd, kc, vc;
+              cuda_ops::kv_decode_on_host(s, spec, payload, l, h, pd, kd, vd);
+              kvtest::dequantize_head(cache.get(), l, h, pc, kc, vc);
+              if (ks.rotate)  // the CPU's rows come back unrotated
+                for (size_t r = 0; r < pd.size(); r++) {
+                  kv_hadamard(kd.data() + r * hd, hd);
+                  kv_hadamard(vd.data() + r * hd, hd);
+                }
+              if (pd != pc || kd != kc || vd != vc) wrong.push_back(strprintf("hd%d n%d layer %d head %d: decoded rows differ", hd, n_tok, l, h));
+            }
+        }
+      }
+      // a payload the device cannot hold is refused with a reason
+      std::string other;
+      kv_filled_cache(kv_shape(4, 2, 64, 1024), "balanced", 400, 100, &other);
+      try {
+        cuda_ops::kv_payload_on_host(kv_shape(4, 2, 64, 1024), spec, other, nullptr);
+        wrong.push_back("a payload of another spec was accepted");
+      } catch (const Error& e) {
+        if (!std::strstr(e.what(), "KV spec")) wrong.push_back(std::string("another spec's payload said: ") + e.what());
+      }
+    } catch (const std::exception& e) {
+      wrong.push_back(std::string("threw: ") + e.what());
+    }
+    std::string detail = "quantizer bytes = reference; payload byte for byte; stats equal; decoder = block_row_ref (hd 64, 128)";
+    for (const auto& w : wrong) detail += "; WRONG: " + w;
+    report(wrong.empty(), name, detail);
+  }
+}
+
+void test_kv_device() {
+  for (const char* spec : kDeviceKvSpecs) {
+    const KvSpec ks = parse_kv_spec(spec);
+    run_case(std::string("kv-quantize/") + spec, [&](std::string& detail) {
+      int worst = 0;
+      for (int hd : {64, 128})
+        for (int nkv : {1, 2, 8}) {
+          const KvShape s = kv_shape(nkv, nkv, hd, 1024);
+          std::vector<float> k, v;
+          kv_rows(k, v, (size_t)ks.group, nkv * hd);
+          const std::vector<uint8_t> got = cuda_ops::kv_quantize_block(s, spec, k.data(), v.data(), false);  // checks its guards
+          const int d = kv_differing_bytes(got, kv_reference_images(s, ks, k.data(), v.data()));
+          worst = d < 0 ? INT32_MAX : std::max(worst, d);
+        }
+      detail = fmt("kernel vs kv_formats.h's reference, hd 64/128, 1-8 heads: %.0f bytes differ (budget 0); guards intact", worst);
+      return worst == 0;
+    });
+    struct Shape { int n_head, n_kv, hd; };
+    for (const Shape& sh : {Shape{4, 1, 64}, Shape{8, 2, 128}, Shape{6, 2, 128}, Shape{8, 1, 64}})
+      run_case(std::string("kv-attention/") + spec + "/hd" + std::to_string(sh.hd) + "/heads" + std::to_string(sh.n_head) + "x" +
+                   std::to_string(sh.n_kv),
+               [&](std::string& detail) {
+                 double worst = 0;
+                 bool guards = true, payload_same = true;
+                 struct Case { int n_tok, pos, n, splits; };
+                 const int big = 4 * ks.group + ks.residual + 50;
+                 for (const Case& cs : {Case{1, 0, 1, 0}, Case{big, big - 1, 1, 0}, Case{big, big - 1, 1, 1}, Case{big, big - 1, 1, 7},
+                                        Case{big, big - 3, 3, 0}, Case{big, big - 40, 40, 0}, Case{700, 0, 130, 0}}) {
+                   KvShape s = kv_shape(sh.n_head, sh.n_kv, sh.hd, std::max(cs.n_tok, 700));
+                   s.n_layer = 1;
+                   std::string payload;
+                   double v_rms = 1;
+                   auto cache = kv_filled_cache(s, spec, cs.n_tok, 61, &payload, &v_rms);
+                   payload_same &= cuda_ops::kv_payload_roundtrip(s, spec, payload) == payload;
+                   std::vector<float> q = gauss_vec((size_t)cs.n * sh.n_head * sh.hd, 3.f), want(q.size());
+                   kvtest::set_reference(cache.get(), true);  // double sums over block_row_ref's rows
+                   cache->attend(0, cs.pos, cs.n, q.data(), want.data(), nullptr);
+                   Guarded out(q.size());
+                   cuda_ops::kv_attention(s, spec, payload, cs.pos, cs.n, q.data(), out.data(), kGuard, cs.splits);
+                   worst = std::max(worst, diff(out.data(), want.data(), want.size(), v_rms).max);
+                   guards &= out.guards_intact();
+                 }
+                 detail = fmt("decode/prefill/splits over the CPU's blocks: max err %.2e of RMS(v) (budget %.0e)", worst, kKvAttentionBudget) +
+                          (guards ? "" : " GUARD OVERWRITTEN") + (payload_same ? "" : " PAYLOAD NOT SAVED BACK BYTE FOR BYTE");
+                 return guards && payload_same && worst <= kKvAttentionBudget;
+               });
+  }
+}
+
 // ---- generated models -------------------------------------------------------------------------
 
 // A minimal GGUF v3 writer: metadata, tensor infos, 32-byte aligned data produced tensor by
@@ -745,6 +978,89 @@ void test_forward() {
     });
 }
 
+// Whole forward passes with a compressed cache on the device against forward.cpp (reference
+// kernels) with the same spec and chunking: logits, stats, the state payload both ways, rewind.
+void test_forward_kv() {
+  struct Case { const char* spec; SynthSpec s; };
+  const Case cases[] = {
+      {"q8", {256, 2, 4, 2, 64, 512, 300, kF16, kF16, kF16, true, true, 500000.f}},
+      {"q4", {256, 2, 4, 2, 64, 512, 300, kF16, kF16, kF16, true, true, 500000.f}},
+      {"q2", {512, 2, 4, 1, 128, 768, 300, kF16, kF16, kF16, true, true, 500000.f}},
+      {"k4,v2,g32,vg16,r16,norot", {256, 2, 8, 1, 64, 512, 300, kF16, kF16, kF16, true, false, 10000.f}},
+  };
+  for (const Case& cs : cases)
+    run_case(std::string("forward-kv/") + cs.spec, [&](std::string& detail) {
+      const std::string path = temp_path(std::string("kv.gguf"));
+      write_synth_model(cs.s, path, g_rng());
+      std::unique_ptr<Model> m = Model::load(path);
+      std::remove(path.c_str());
+      const int n_ctx = 512, n_prompt = 300, n_gen = 3, chunk = 64, back = 70;
+      std::vector<int32_t> prompt(n_prompt), gen(n_gen);
+      for (auto& t : prompt) t = (int32_t)(g_rng() % cs.s.n_vocab);
+      for (auto& t : gen) t = (int32_t)(g_rng() % cs.s.n_vocab);
+      ForwardContext ctx;
+      ctx.kernels = &kernels_reference();
+      ctx.chunk = chunk;
+      auto cpu = make_session_state(*m, n_ctx, cs.spec);
+      forward(*m, *cpu, prompt.data(), n_prompt, ctx, true);
+      std::vector<std::vector<float>> want = {cpu->logits};
+      std::ostringstream cpu_kv;
+      cpu->kv->save(cpu_kv);
+      const KvStats cpu_stats = cpu->kv->stats();
+      for (int32_t t : gen) {
+        forward(*m, *cpu, &t, 1, ctx, true);
+        want.push_back(cpu->logits);
+      }
+      cpu->kv->truncate(n_prompt - back);  // a rewind that dissolves blocks back into the window
+      forward(*m, *cpu, prompt.data() + n_prompt - back, back, ctx, true);
+      const std::vector<float> want_rewound = cpu->logits;
+
+      std::shared_ptr<CudaModel> cm = cuda_load(*m);
+      CudaSessionOptions opt;
+      opt.chunk = chunk;
+      auto a = cm->new_session(n_ctx, cs.spec, opt);
+      double worst = 0;
+      std::string notes;
+      a->eval(prompt.data(), n_prompt, true);
+      notes += logit_diff(a->logits(), want[0], &worst);
+      const std::string mism = kv_stats_mismatch(a->kv_stats(), cpu_stats);
+      if (!mism.empty()) notes += " STATS DIFFER IN" + mism;
+      const bool spec_ok = a->kv_spec() == cpu->kv->spec();
+      if (!spec_ok) notes += " SPEC " + a->kv_spec();
+      for (int i = 0; i < n_gen; i++) {
+        a->eval(&gen[i], 1, true);  // graph replay, and a block may form
+        notes += logit_diff(a->logits(), want[i + 1], &worst);
+      }
+      a->truncate(n_prompt - back);
+      a->eval(prompt.data() + n_prompt - back, back, true);
+      notes += logit_diff(a->logits(), want_rewound, &worst);
+      // the CPU's payload loads on the device, saves back byte for byte, and continues
+      auto d = cm->new_session(n_ctx, cs.spec, opt);
+      std::istringstream in(cpu_kv.str());
+      d->load_kv(in);
+      std::ostringstream out;
+      d->save_kv(out);
+      const bool payload_same = d->n_tokens() == n_prompt && out.str() == cpu_kv.str();
+      if (!payload_same) notes += " KV PAYLOAD DIFFERS FROM THE CPU CACHE'S";
+      d->eval(&gen[0], 1, true);
+      notes += logit_diff(d->logits(), want[1], &worst);
+      // a refused payload leaves the session as it was
+      std::string bad = cpu_kv.str();
+      bad.resize(bad.size() / 2);
+      std::istringstream bin(bad);
+      bool refused = false;
+      try {
+        d->load_kv(bin);
+      } catch (const Error&) {
+        refused = true;
+      }
+      if (!refused || d->n_tokens() != n_prompt + 1) notes += " A TRUNCATED PAYLOAD WAS NOT REFUSED CLEANLY";
+      detail = fmt("max |logit diff| %.2e of RMS (budget %.0e) over chunked prefill, decode, rewind, state load", worst,
+                   kForwardKvBudget) + notes;
+      return mism.empty() && spec_ok && payload_same && refused && worst <= kForwardKvBudget;
+    });
+}
+
 void test_errors() {
   run_case("errors", [&](std::string& detail) {
     std::vector<std::string> missing;
@@ -768,7 +1084,8 @@ void test_errors() {
     std::unique_ptr<Model> m = Model::load(path2);
     std::remove(path2.c_str());
     auto cm = cuda_load(*m);
-    throws("compressed KV spec", "f16", [&] { cm->new_session(64, "q4"); });
+    throws("evicting KV spec", "evicts", [&] { cm->new_session(64, "balanced"); });
+    throws("KV spec with outliers", "outliers", [&] { cm->new_session(64, "q4,o0.01"); });
     auto s = cm->new_session(8, "f16");
     const int32_t bad = 64, ok_tok[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
     throws("token id out of range", "out of range", [&] { s->eval(&bad, 1, true); });
@@ -784,6 +1101,273 @@ void test_errors() {
   });
 }
 
+// ---- backend choice (host logic, run by --host: what Model.load's backend option does here) -----
+
+void test_backend_choice() {
+  std::string detail;
+  std::vector<std::string> wrong;
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) wrong.push_back(what);
+  };
+  try {
+    const std::string path = temp_path("choice.gguf");
+    write_synth_model({256, 1, 4, 2, 64, 256, 64, kF16, kF16, kF16, true, false, 10000.f}, path, 9);
+    std::unique_ptr<Model> m = Model::load(path);
+    std::remove(path.c_str());
+    std::string why;
+    const bool usable = cuda_usable(&why);
+    expect(!why.empty(), "cuda_usable gives no reason or device");
+    const BackendChoice cpu = choose_backend(*m, "cpu");
+    expect(cpu.name == "cpu" && !cpu.cuda && cpu.note.empty() && !cpu.device.empty(), "'cpu' is not a plain CPU choice");
+    const BackendChoice aut = choose_backend(*m, "auto");
+    if (usable) {
+      expect(aut.name == "cuda" && aut.cuda && aut.note.empty() && !aut.required, "'auto' with a device did not choose CUDA");
+    } else {
+      expect(aut.name == "cpu" && !aut.cuda, "'auto' without a device did not choose the CPU");
+      expect(aut.note == "CUDA not used: " + why, "'auto' note '" + aut.note + "' does not give the reason '" + why + "'");
+    }
+    try {
+      const BackendChoice c = choose_backend(*m, "cuda");
+      expect(usable && c.name == "cuda" && c.required, "'cuda' without a device did not throw");
+    } catch (const Error& e) {
+      expect(!usable && std::string(e.what()) == "backend 'cuda' is not available: " + why,
+             std::string("'cuda' threw '") + e.what() + "'");
+    }
+    try {
+      choose_backend(*m, "gpu");
+      expect(false, "an unknown backend was accepted");
+    } catch (const Error& e) {
+      expect(std::strstr(e.what(), "unknown backend 'gpu'") != nullptr, std::string("unknown backend said '") + e.what() + "'");
+    }
+    expect(cuda_supports_kv("f16") && cuda_supports_kv("off") && cuda_supports_kv(""), "f16 specs not on the device");
+    expect(!cuda_supports_kv("f32") && !cuda_supports_kv("q4") && !cuda_supports_kv("balanced"), "a CPU-only spec on the device");
+    for (const char* sp : kDeviceKvSpecs) expect(cuda_holds_kv(sp), std::string("the device does not hold ") + sp);
+    std::string no;
+    for (const char* sp : {"balanced", "max", "q4,b0.5", "t8:0.2/4x2", "q4,o0.01", "k4,v4,vg4", "f32", "nonsense"})
+      expect(!cuda_holds_kv(sp, &no) && !no.empty(), std::string("the device holds ") + sp);
+    detail = usable ? "device present: auto/cuda choose CUDA" : "no device (" + why + "): auto falls back with the reason, cuda throws it";
+  } catch (const std::exception& e) {
+    wrong.push_back(std::string("threw: ") + e.what());
+  }
+  for (const auto& w : wrong) detail += "; WRONG: " + w;
+  report(wrong.empty(), "backend-choice", detail);
+}
+
+// ---- session delegation (host logic, run by --host) ----------------------------------------------
+// Session's CUDA branch (session.cpp) driven through a CudaModel that computes on the CPU with the
+// same kernels as a CPU session: both sessions must agree bit for bit (logits, sampled and arg-max
+// tokens, stats, rewind, state files byte for byte), and the fallbacks and error paths must hold.
+
+class HostCudaSession final : public CudaSession {
+ public:
+  HostCudaSession(const Model& m, Engine& e, int n_ctx, const std::string& kv_spec, int chunk, int* argmax_calls)
+      : m_(m), e_(e), st_(make_session_state(m, n_ctx, kv_spec)), chunk_(chunk), argmax_calls_(argmax_calls) {}
+  void eval(const int32_t* tokens, int n, bool want_logits, const std::atomic<bool>* cancel,
+            const std::function<void(int, int)>& progress) override {
+    ForwardContext ctx;
+    ctx.kernels = e_.kernels;
+    ctx.pool = e_.pool.get();
+    ctx.cancel = cancel;
+    ctx.chunk = chunk_;
+    valid_ = false;
+    forward(m_, *st_, tokens, n, ctx, want_logits, progress);
+    valid_ = want_logits;
+  }
+  const std::vector<float>& logits() override {
+    LKV_CHECK(valid_, "no logits: the last evaluation did not ask for them");
+    return st_->logits;
+  }
+  int32_t argmax() override {
+    ++*argmax_calls_;
+    return (int32_t)(std::max_element(logits().begin(), logits().end()) - logits().begin());
+  }
+  int n_tokens() const override { return st_->kv->n_tokens(); }
+  int n_ctx() const override { return st_->kv->shape().n_ctx; }
+  void truncate(int n) override {
+    st_->kv->truncate(n);
+    st_->tokens.resize((size_t)n);
+    valid_ = false;
+  }
+  int64_t kv_bytes() const override { return st_->kv->stats().bytes; }
+  std::string kv_spec() const override { return st_->kv->spec(); }
+  KvStats kv_stats() const override { return st_->kv->stats(); }
+  void save_kv(std::ostream& out) const override { st_->kv->save(out); }
+  void load_kv(std::istream& in) override {
+    st_->kv->load(in);
+    st_->tokens.assign((size_t)st_->kv->n_tokens(), 0);
+    valid_ = false;
+  }
+
+ private:
+  const Model& m_;
+  Engine& e_;
+  std::unique_ptr<SessionState> st_;
+  int chunk_;
+  int* argmax_calls_;
+  bool valid_ = false;
+};
+
+class HostCudaModel final : public CudaModel {
+ public:
+  HostCudaModel(const Model& m, Engine& e, int max_ctx) : m_(m), e_(e), max_ctx_(max_ctx) {}
+  std::unique_ptr<CudaSession> new_session(int n_ctx, const std::string& kv_spec, const CudaSessionOptions&) override {
+    std::string why;
+    LKV_CHECK(cuda_holds_kv(kv_spec, &why), "KV spec '%s' runs on the CPU backend: %s", kv_spec.c_str(), why.c_str());
+    if (n_ctx > max_ctx_) throw Error(strprintf("CUDA out of memory: the KV cache needs %d positions, %d fit", n_ctx, max_ctx_));
+    return std::make_unique<HostCudaSession>(m_, e_, n_ctx, kv_spec, chunk, &argmax_calls);
+  }
+  std::string device() const override { return "host stand-in"; }
+  int64_t weight_bytes() const override { return 0; }
+  int64_t decode_bytes(int) const override { return 0; }
+  int argmax_calls = 0;
+  int chunk = 256;  // tokens per forward pass of new sessions (the CPU session's default)
+
+ private:
+  const Model& m_;
+  Engine& e_;
+  int max_ctx_;
+};
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void test_session_delegation() {
+  std::vector<std::string> wrong;
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) wrong.push_back(what);
+  };
+  auto throws = [&](const std::function<void()>& f, const char* needle, const std::string& what) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      expect(std::strstr(e.what(), needle) != nullptr, what + " said: " + e.what());
+      return;
+    }
+    wrong.push_back(what + ": no error");
+  };
+  std::vector<std::string> files;
+  try {
+    const std::string path = temp_path("delegation.gguf");
+    write_synth_model({256, 2, 4, 2, 64, 512, 300, kF16, kF16, kF16, true, true, 500000.f}, path, 11);
+    std::shared_ptr<const Model> m(Model::load(path).release());
+    std::remove(path.c_str());
+    auto cpu_engine = std::make_shared<Engine>(1);
+    auto dev_engine = std::make_shared<Engine>(1);
+    auto fake = std::make_shared<HostCudaModel>(*m, *dev_engine, 1000);
+    dev_engine->cuda = fake;
+
+    Session a(m, cpu_engine, 64, "f16"), b(m, dev_engine, 64, "off");
+    expect(std::string(a.backend()) == "cpu" && std::string(b.backend()) == "cuda" && b.backend_note().empty(), "backends");
+    std::vector<int32_t> prompt(21);
+    for (auto& t : prompt) t = (int32_t)(g_rng() % 300);
+    int progress_calls = 0;
+    a.eval(prompt, true, {});
+    b.eval(prompt, true, [&](int, int) { progress_calls++; });
+    expect(progress_calls == 1, "progress calls: " + std::to_string(progress_calls));
+    expect(a.logits() && b.logits() && *a.logits() == *b.logits(), "prefill logits differ");
+    expect(b.kv_spec() == a.kv_spec(), "kv spec " + b.kv_spec());
+    // greedy: the device arg-max; sampled: the downloaded logits
+    SamplingParams greedy;
+    std::vector<int32_t> ta, tb;
+    a.generate(greedy, 5, [&](int32_t t) { ta.push_back(t); });
+    b.generate(greedy, 5, [&](int32_t t) { tb.push_back(t); });
+    expect(ta == tb && !ta.empty(), "greedy tokens differ");
+    expect(fake->argmax_calls == (int)tb.size(), "greedy did not use the device arg-max");
+    SamplingParams warm;
+    warm.temperature = 0.9f;
+    warm.repeat_penalty = 1.1f;
+    ta.clear();
+    tb.clear();
+    const int calls = fake->argmax_calls;
+    a.generate(warm, 5, [&](int32_t t) { ta.push_back(t); });
+    b.generate(warm, 5, [&](int32_t t) { tb.push_back(t); });
+    expect(ta == tb && fake->argmax_calls == calls, "sampled tokens differ, or sampling used the arg-max");
+    expect(a.tokens() == b.tokens() && a.n_tokens() == b.n_tokens(), "token lists differ");
+    const KvStats sa = a.kv_stats(), sb = b.kv_stats();
+    expect(sa.tokens == sb.tokens && sa.bytes == sb.bytes && sa.f16_bytes == sb.f16_bytes && sa.per_layer == sb.per_layer &&
+               sa.code_bytes == sb.code_bytes && sa.spec == sb.spec && sa.resident_tokens == sb.resident_tokens,
+           "kv stats differ");
+    // rewind, then state files: byte for byte the same, and loadable across backends
+    a.truncate(15);
+    b.truncate(15);
+    expect(!b.logits() && b.n_tokens() == 15 && a.tokens() == b.tokens(), "truncate");
+    const std::string fa = temp_path("a.state"), fb = temp_path("b.state");
+    files = {fa, fb};
+    a.save(fa, "meta");
+    b.save(fb, "meta");
+    expect(file_bytes(fa) == file_bytes(fb), "state files differ between the backends");
+    Session c(m, dev_engine, 64, "f16"), d(m, cpu_engine, 64, "f16");
+    expect(c.load(fa) == "meta" && d.load(fb) == "meta" && c.tokens() == a.tokens(), "state load");
+    const std::vector<int32_t> one = {7};
+    c.eval(one, true, {});
+    d.eval(one, true, {});
+    expect(*c.logits() == *d.logits(), "logits after crossing state files differ");
+    // a payload of the wrong size (checksum intact) is refused and leaves the session as it was
+    {
+      std::string bytes = file_bytes(fa);
+      bytes.erase(bytes.size() - 10, 2);  // two bytes out of the last values
+      uint64_t h = 1469598103934665603ULL;
+      for (size_t i = 0; i + 8 < bytes.size(); i++) h = (h ^ (uint8_t)bytes[i]) * 1099511628211ULL;
+      std::memcpy(&bytes[bytes.size() - 8], &h, 8);
+      const std::string bad = temp_path("bad.state");
+      files.push_back(bad);
+      std::ofstream(bad, std::ios::binary).write(bytes.data(), (std::streamsize)bytes.size());
+      const int before = c.n_tokens();
+      throws([&] { c.load(bad); }, "does not match", "short payload");
+      expect(c.n_tokens() == before && c.logits(), "a refused state file changed the session");
+    }
+    // cancel after the first chunk: the chunks done stay, tokens and cache agree
+    {
+      fake->chunk = 4;
+      Session e(m, dev_engine, 64, "f16");
+      throws([&] { e.eval(prompt, true, [&](int, int) { e.cancel(); }); }, "cancelled", "cancel");
+      expect(e.n_tokens() == 4 && e.kv_stats().tokens == 4 && !e.logits(), "after a cancel: " + std::to_string(e.n_tokens()) + " tokens");
+      e.reset_cancel();
+      e.eval(std::vector<int32_t>(prompt.begin() + 4, prompt.end()), true, {});
+      Session f(m, dev_engine, 64, "f16");
+      f.eval(prompt, true, {});
+      expect(*e.logits() == *f.logits(), "resuming after a cancel gives other logits");
+    }
+    // a quantized spec the device holds: delegated, and the same as the CPU's (stats, state bytes)
+    {
+      Session qa(m, cpu_engine, 64, "q4"), qb(m, dev_engine, 64, "q4");
+      expect(std::string(qb.backend()) == "cuda", "q4 session: " + qb.backend_note());
+      qa.eval(prompt, true, {});
+      qb.eval(prompt, true, {});
+      expect(*qa.logits() == *qb.logits() && qa.kv_spec() == qb.kv_spec(), "q4 logits or spec differ");
+      const KvStats qsa = qa.kv_stats(), qsb = qb.kv_stats();
+      expect(qsa.bytes == qsb.bytes && qsa.f16_bytes == qsb.f16_bytes && qsa.spec == qsb.spec, "q4 stats differ");
+      const std::string qfa = temp_path("qa.state"), qfb = temp_path("qb.state");
+      files.push_back(qfa);
+      files.push_back(qfb);
+      qa.save(qfa, "q");
+      qb.save(qfb, "q");
+      expect(file_bytes(qfa) == file_bytes(qfb), "q4 state files differ between the backends");
+    }
+    // specs the device does not hold, and device allocations that fail
+    Session q(m, dev_engine, 64, "balanced");
+    expect(std::string(q.backend()) == "cpu" && q.backend_note().find("KV spec 'balanced' runs on the CPU") != std::string::npos,
+           "balanced session: " + q.backend_note());
+    Session big(m, dev_engine, 2000, "f16");  // "auto": out of memory falls back
+    expect(std::string(big.backend()) == "cpu" && big.backend_note().find("out of memory") != std::string::npos,
+           "auto OOM: " + big.backend_note());
+    throws([&] { Session bad(m, dev_engine, 64, "nonsense"); }, "", "unknown spec");
+    dev_engine->cuda_required = true;  // backend "cuda": the same is an error
+    throws([&] { Session big2(m, dev_engine, 2000, "f16"); }, "out of memory", "required OOM");
+    Session q2(m, dev_engine, 64, "balanced");
+    expect(std::string(q2.backend()) == "cpu", "required: an unsupported spec still falls back");
+  } catch (const std::exception& e) {
+    wrong.push_back(std::string("threw: ") + e.what());
+  }
+  for (const auto& f : files) std::remove(f.c_str());
+  std::string detail = "Session on a host stand-in CudaModel vs a CPU Session: bit-identical prefill, greedy (device arg-max), "
+                       "sampling, stats, rewind, state files; cancel, fallbacks, errors";
+  for (const auto& w : wrong) detail += "; WRONG: " + w;
+  report(wrong.empty(), "session-delegation", detail);
+}
+
 // ---- benchmark --------------------------------------------------------------------------------
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
@@ -791,6 +1375,7 @@ double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock:
 int run_bench(int argc, char** argv) {
   std::string model_path, synth_path, preset = "1b";
   std::vector<int> ctxs = {4096, 32768};
+  std::vector<std::string> kvs = {"off"};
   int n_decode = 64;
   for (int i = 2; i < argc; i++) {
     const std::string a = argv[i];
@@ -802,6 +1387,11 @@ int run_bench(int argc, char** argv) {
     else if (a == "--synth") synth_path = val();
     else if (a == "--preset") preset = val();
     else if (a == "--decode") n_decode = std::atoi(val().c_str());
+    else if (a == "--kv") {
+      kvs.clear();
+      std::stringstream ss(val());
+      for (std::string t; std::getline(ss, t, ',');) kvs.push_back(t);
+    }
     else if (a == "--ctx") {
       ctxs.clear();
       std::stringstream ss(val());
@@ -838,19 +1428,26 @@ int run_bench(int argc, char** argv) {
               cm->weight_bytes() / 1048576.0);
   std::printf("copy bandwidth (device-to-device memcpy of 1 GiB, read + write): %.0f GB/s\n\n", copy_gbs);
 
-  struct Row { int ctx; double pf_first, pf_all, dec, dec_nograph; int64_t bytes; };
+  struct Row { std::string kv; int ctx; double pf_first, pf_all, dec, dec_nograph; int64_t bytes, kv_bytes, f16_bytes; };
   std::vector<Row> rows;
-  std::mt19937_64 rng(5);
+  for (const std::string& kv : kvs)
   for (size_t ci = 0; ci < ctxs.size(); ci++) {
+    std::mt19937_64 rng(5);
     const int ctx = ctxs[ci];
+    std::string why_not;
+    if (!cuda_holds_kv(kv, &why_not)) {
+      std::printf("KV %s: not on the device (%s)\n", kv.c_str(), why_not.c_str());
+      break;
+    }
     std::vector<int32_t> toks((size_t)ctx);
     for (auto& t : toks) t = (int32_t)(rng() % m->cfg.n_vocab);
-    Row r{ctx, 0, 0, 0, 0, 0};
+    Row r{kv, ctx, 0, 0, 0, 0, 0, 0, 0};
+    int64_t kv_bytes = 0, f16_bytes = 0;
     auto run = [&](bool graphs) {
       CudaSessionOptions opt;
       opt.chunk = 512;
       opt.graphs = graphs;
-      auto s = cm->new_session(ctx + n_decode + 2, "f16", opt);
+      auto s = cm->new_session(ctx + n_decode + 2, kv, opt);
       const int first = std::min(512, ctx);
       double t = now_s();
       s->eval(toks.data(), first, false);
@@ -866,25 +1463,34 @@ int run_bench(int argc, char** argv) {
         tok = s->argmax();
       }
       const double t_dec = now_s() - t;
+      const KvStats st = s->kv_stats();
+      kv_bytes = st.bytes;
+      f16_bytes = st.f16_bytes;
       return std::make_tuple(first / t_first, ctx / t_all, n_decode / t_dec);
     };
     std::tie(r.pf_first, r.pf_all, r.dec) = run(true);
-    if (ci == 0) r.dec_nograph = std::get<2>(run(false));
-    r.bytes = cm->decode_bytes(ctx + 1 + n_decode / 2);  // mean context over the timed steps
+    if (ci == 0 && kv == kvs[0]) r.dec_nograph = std::get<2>(run(false));
+    // weights + the KV bytes held at the end (the compressed cache's own accounting), scaled to
+    // the mean context over the timed steps
+    const double scale = (ctx + 1 + n_decode / 2.0) / (double)(ctx + 1 + n_decode);
+    r.kv_bytes = kv_bytes;
+    r.f16_bytes = f16_bytes;
+    r.bytes = cm->decode_bytes(0) + (int64_t)(kv_bytes * scale);
     rows.push_back(r);
-    std::printf("context %d done: prefill %.0f tok/s, decode %.1f tok/s\n", ctx, r.pf_all, r.dec);
+    std::printf("KV %s, context %d done: prefill %.0f tok/s, decode %.1f tok/s\n", kv.c_str(), ctx, r.pf_all, r.dec);
     std::fflush(stdout);
   }
-  std::printf("\n| context | prefill tok/s (first 512) | prefill tok/s (whole context) | decode tok/s | ms/token | "
-              "MB read/token (weights + KV) | achieved GB/s | %% of copy bandwidth |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf("\n| KV | context | KV MB (f16 MB) | prefill tok/s (first 512) | prefill tok/s (whole context) | decode tok/s | ms/token | "
+              "MB read/token (weights + KV) | achieved GB/s | %% of copy bandwidth |\n|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
     const double gbs = r.bytes * r.dec / 1e9;
-    std::printf("| %d | %.0f | %.0f | %.1f | %.3f | %.1f | %.0f | %.0f%% |\n", r.ctx, r.pf_first, r.pf_all, r.dec, 1e3 / r.dec,
-                r.bytes / 1e6, gbs, 100 * gbs / copy_gbs);
+    std::printf("| %s | %d | %.1f (%.1f) | %.0f | %.0f | %.1f | %.3f | %.1f | %.0f | %.0f%% |\n", r.kv.c_str(), r.ctx, r.kv_bytes / 1e6,
+                r.f16_bytes / 1e6, r.pf_first, r.pf_all, r.dec, 1e3 / r.dec, r.bytes / 1e6, gbs, 100 * gbs / copy_gbs);
   }
   if (!rows.empty())
-    std::printf("\ndecode at context %d without CUDA graphs: %.1f tok/s (with: %.1f)\n", rows[0].ctx, rows[0].dec_nograph, rows[0].dec);
-  std::printf("KV cache: f16 (the only format of the CUDA backend so far)\n");
+    std::printf("\ndecode (KV %s) at context %d without CUDA graphs: %.1f tok/s (with: %.1f)\n", rows[0].kv.c_str(), rows[0].ctx,
+                rows[0].dec_nograph, rows[0].dec);
+  std::printf("KV bytes: what the cache holds (codes, scales and zero points, residual window, block headers), as kvStats reports\n");
   return 0;
 }
 
@@ -912,6 +1518,9 @@ int main(int argc, char** argv) {
   try {
     if (host_only) {
       test_decoder_on_host(why != "built without CUDA");
+      test_kv_on_host(why != "built without CUDA");
+      test_backend_choice();
+      test_session_delegation();
       std::printf("%d passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
       return g_failed ? 1 : 0;
     }
@@ -920,7 +1529,9 @@ int main(int argc, char** argv) {
     test_elementwise();
     test_rope_store();
     test_attention();
+    test_kv_device();
     test_forward();
+    test_forward_kv();
     test_errors();
   } catch (const std::exception& e) {
     report(false, "unexpected exception", e.what());

@@ -1,7 +1,7 @@
 // cuda_backend.h — the CUDA backend as the rest of the engine sees it: plain C++, no CUDA headers.
 // A CudaModel holds one model's weights on the GPU (uploaded once, quantized formats kept
-// quantized); each CudaSession owns its f16 KV cache and scratch on the device and runs the same
-// forward pass as forward.cpp. Builds without CUDA link cuda_backend_stub.cpp instead, where
+// quantized); each CudaSession owns its KV cache (f16, or compressed: cuda_kv.cuh) and scratch on
+// the device and runs the same forward pass as forward.cpp. Builds without CUDA link cuda_backend_stub.cpp instead, where
 // cuda_usable() says "built without CUDA" and cuda_load() throws.
 #pragma once
 
@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "../kv_cache.h"
+#include "../kv_compressed.h"
 #include "../model.h"
 
 namespace lkv {
@@ -20,6 +22,33 @@ namespace lkv {
 // True when this build has CUDA, a driver new enough for its runtime, and a device 0 whose
 // architecture the build can run; otherwise false with the reason (fit for a log line) in *why.
 bool cuda_usable(std::string* why);
+
+// The dense f16 cache's spec names ("f16", "off" or empty): the device's plain KV layout.
+inline bool cuda_supports_kv(const std::string& spec) { return spec == "f16" || spec == "off" || spec.empty(); }
+
+// KV specs Session routes to a CudaSession (it falls back to the CPU for the rest, saying why):
+// f16, and compressed specs without eviction, tiers or
+// outliers (quantized blocks at one precision, the f16 residual window, optional rotation), with
+// value groups of at least 8. Otherwise false with the reason in *why. (The presets q8, q4 and q2
+// qualify; balanced and max evict.)
+inline bool cuda_holds_kv(const std::string& spec, std::string* why = nullptr) {
+  if (cuda_supports_kv(spec)) return true;
+  auto no = [&](const std::string& w) {
+    if (why) *why = w;
+    return false;
+  };
+  KvSpec s;
+  try {
+    s = parse_kv_spec(spec);
+  } catch (const std::exception& e) {
+    return no(e.what());
+  }
+  if (s.evicts()) return no("KV spec '" + spec + "' evicts tokens (the CUDA backend holds caches without eviction)");
+  if (s.tiers.size() > 1) return no("KV spec '" + spec + "' has precision tiers (the CUDA backend holds one precision)");
+  if (s.outliers > 0) return no("KV spec '" + spec + "' keeps outliers (the CUDA backend holds dense codes only)");
+  if (s.vgroup != 0 && s.vgroup < 8) return no("KV spec '" + spec + "': value groups under 8 are not on the CUDA backend");
+  return true;
+}
 
 struct CudaSessionOptions {
   int chunk = 256;      // tokens per batched pass (prefill); scratch is sized for it once
@@ -40,9 +69,15 @@ class CudaSession {
   virtual int n_tokens() const = 0;
   virtual int n_ctx() const = 0;
   virtual void truncate(int n) = 0;                 // keeps positions [0, n)
-  virtual int64_t kv_bytes() const = 0;             // device bytes the held positions occupy
-  // The cache payload of the CPU "f16" KvCache (kv_cache.cpp), byte for byte, so state files move
-  // between backends; test_cuda checks the round trip against the CPU cache.
+  virtual int64_t kv_bytes() const = 0;             // bytes the held positions occupy (as kv_stats().bytes)
+  // The canonical spec ("f16", or kv_spec_string of a compressed spec) and the accounting, exactly
+  // what the CPU cache of that spec reports for the same positions.
+  virtual std::string kv_spec() const = 0;
+  virtual KvStats kv_stats() const = 0;
+  // The cache payload of the CPU KvCache of the same spec (kv_cache.cpp for f16,
+  // kv_compressed.cpp otherwise), byte for byte, so state files move between backends; test_cuda
+  // checks the round trip against the CPU cache. load_kv leaves the session as it was when it throws
+  // (compressed specs; an f16 payload is size-checked by Session first).
   virtual void save_kv(std::ostream& out) const = 0;
   virtual void load_kv(std::istream& in) = 0;
 };
@@ -50,7 +85,7 @@ class CudaSession {
 class CudaModel {
  public:
   virtual ~CudaModel() = default;
-  // kv_spec: "f16" (also "off" or empty); other specs throw (compressed caches run on the CPU).
+  // kv_spec: one cuda_holds_kv accepts; other specs throw (they run on the CPU).
   virtual std::unique_ptr<CudaSession> new_session(int n_ctx, const std::string& kv_spec,
                                                    const CudaSessionOptions& opt = {}) = 0;
   virtual std::string device() const = 0;            // e.g. "NVIDIA H200, sm_90, 132 SMs, 139 GiB"

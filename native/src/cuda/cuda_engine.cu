@@ -1,6 +1,6 @@
 // cuda_engine.cu — the CUDA backend proper: device checks (cuda_usable), the model's weights on the
-// device (CudaModelImpl) and a session with its f16 KV cache and scratch (CudaSessionImpl) whose
-// forward_chunk mirrors forward.cpp op by op. Per decoded token only the token id goes up and,
+// device (CudaModelImpl) and a session with its KV cache (f16, or compressed: cuda_kv.cuh) and
+// scratch (CudaSessionImpl) whose forward_chunk mirrors forward.cpp op by op. Per decoded token only the token id goes up and,
 // when asked for, the logits (or their arg-max) come down.
 #include <algorithm>
 #include <cmath>
@@ -11,6 +11,7 @@
 
 #include "cuda_backend.h"
 #include "cuda_kernels.cuh"
+#include "cuda_kv.cuh"
 
 namespace lkv {
 
@@ -193,7 +194,8 @@ CudaModelImpl::CudaModelImpl(const Model& m) : cfg(m.cfg) {
 
 class CudaSessionImpl final : public CudaSession {
  public:
-  CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_ctx, const CudaSessionOptions& opt);
+  // kv_spec: "f16" (also "off" or empty) or a compressed spec cuda_holds_kv accepts.
+  CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_ctx, const std::string& kv_spec, const CudaSessionOptions& opt);
   ~CudaSessionImpl() override;
   void eval(const int32_t* tokens, int n, bool want_logits, const std::atomic<bool>* cancel,
             const std::function<void(int, int)>& progress) override;
@@ -203,10 +205,13 @@ class CudaSessionImpl final : public CudaSession {
   int n_ctx() const override { return n_ctx_; }
   void truncate(int n) override {
     LKV_CHECK(n >= 0 && n <= n_tokens_, "truncate: %d is outside [0, %d]", n, n_tokens_);
+    if (ckv_) ckv_->truncate(n);
     n_tokens_ = n;
     logits_valid_ = false;
   }
-  int64_t kv_bytes() const override { return (int64_t)n_tokens_ * kv_bytes_per_pos(); }
+  int64_t kv_bytes() const override { return ckv_ ? ckv_->stats().bytes : (int64_t)n_tokens_ * kv_bytes_per_pos(); }
+  std::string kv_spec() const override { return ckv_ ? ckv_->spec_string() : std::string("f16"); }
+  KvStats kv_stats() const override;
   void save_kv(std::ostream& out) const override;
   void load_kv(std::istream& in) override;
 
@@ -220,12 +225,15 @@ class CudaSessionImpl final : public CudaSession {
   std::shared_ptr<const CudaModelImpl> m_;
   int n_ctx_, chunk_, n_tokens_ = 0;
   bool graphs_;
+  std::unique_ptr<CudaKvStore> ckv_;  // the compressed cache (null: the f16 cache kc_/vc_)
+  uint64_t graph_gen_ = 0;            // ckv_'s generation when graph_ was recorded
   AttnShape attn_;
   RopeShape rope_;
   cudaStream_t stream_ = nullptr;
   cudaGraphExec_t graph_ = nullptr;  // one decode step with logits, recorded at the first use
   int32_t* h_step_ = nullptr;        // pinned: [0] position, [1..chunk] tokens, [chunk+1] arg-max
-  // device state: KV cache [n_layer][n_head_kv][n_ctx][head_dim] f16, and scratch [chunk][...]
+  // device state: f16 KV cache [n_layer][n_head_kv][n_ctx][head_dim] (unless compressed), and
+  // scratch [chunk][...]
   DeviceBuffer kc_, vc_;
   DeviceBuffer step_;                // int32 [1 + chunk]: position, tokens
   DeviceBuffer x_, xb_;              // [chunk][n_embd] residual stream, normed input
@@ -236,7 +244,8 @@ class CudaSessionImpl final : public CudaSession {
   bool logits_valid_ = false, logits_fresh_ = false;
 };
 
-CudaSessionImpl::CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_ctx, const CudaSessionOptions& opt)
+CudaSessionImpl::CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_ctx, const std::string& kv_spec,
+                                 const CudaSessionOptions& opt)
     : m_(std::move(m)), n_ctx_(n_ctx), chunk_(std::max(1, opt.chunk)), graphs_(opt.graphs) {
   const LlamaConfig& c = m_->cfg;
   LKV_CHECK(n_ctx > 0 && n_ctx <= (1 << 24), "context size %d is out of range", n_ctx);
@@ -249,10 +258,15 @@ CudaSessionImpl::CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_c
   const size_t kv_elems = (size_t)c.n_layer * c.n_head_kv * n_ctx * c.head_dim;
   const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
   const size_t ch = (size_t)chunk_;
-  kc_ = DeviceBuffer(kv_elems * 2, "the KV cache (keys)");
-  vc_ = DeviceBuffer(kv_elems * 2, "the KV cache (values)");
-  cuda_check(cudaMemset(kc_.get(), 0, kc_.bytes()), "clear KV cache");
-  cuda_check(cudaMemset(vc_.get(), 0, vc_.bytes()), "clear KV cache");
+  if (cuda_supports_kv(kv_spec)) {
+    kc_ = DeviceBuffer(kv_elems * 2, "the KV cache (keys)");
+    vc_ = DeviceBuffer(kv_elems * 2, "the KV cache (values)");
+    cuda_check(cudaMemset(kc_.get(), 0, kc_.bytes()), "clear KV cache");
+    cuda_check(cudaMemset(vc_.get(), 0, vc_.bytes()), "clear KV cache");
+  } else {
+    const KvShape ks{c.n_layer, c.n_head, c.n_head_kv, c.head_dim, n_ctx};
+    ckv_ = std::make_unique<CudaKvStore>(ks, parse_kv_spec(kv_spec), chunk_);
+  }
   step_ = DeviceBuffer((ch + 1) * 4, "token ids");
   x_ = DeviceBuffer(ch * c.n_embd * 4, "scratch");
   xb_ = DeviceBuffer(ch * c.n_embd * 4, "scratch");
@@ -299,8 +313,19 @@ void CudaSessionImpl::forward_chunk(int n, bool want_logits) {
     launch_matmul(L.wq, xb, n, q, false, s);
     launch_matmul(L.wk, xb, n, k, false, s);
     launch_matmul(L.wv, xb, n, v, false, s);
-    launch_rope_store(rope_, pos, n, q, k, v, k_head(l, 0), v_head(l, 0), s);
-    launch_attention(attn_, pos, n, q, k_head(l, 0), v_head(l, 0), att, part_.get<float>(), splits, s);
+    if (!ckv_) {
+      launch_rope_store(rope_, pos, n, q, k, v, k_head(l, 0), v_head(l, 0), s);
+      launch_attention(attn_, pos, n, q, k_head(l, 0), v_head(l, 0), att, part_.get<float>(), splits, s);
+    } else {
+      // as CompressedKvCache: keys and values rotated before they are stored, the queries before
+      // attention and the outputs after it (the rotation is orthonormal and its own inverse)
+      const KvDevView kv = ckv_->view(l);
+      const bool rot = ckv_->spec().rotate;
+      launch_kv_rope_store(rope_, pos, n, q, k, v, kv, rot, s);
+      if (rot) launch_hadamard_rows(q, n * c.n_head, c.head_dim, s);
+      launch_kv_attention(attn_, kv, pos, n, q, att, part_.get<float>(), splits, s);
+      if (rot) launch_hadamard_rows(att, n * c.n_head, c.head_dim, s);
+    }
     launch_matmul(L.wo, att, n, x, /*accumulate=*/true, s);  // x += wo . att
     // feed-forward block (SwiGLU)
     launch_rmsnorm(xb, x, L.ffn_norm, n, d, c.rms_eps, s);
@@ -346,7 +371,14 @@ void CudaSessionImpl::eval(const int32_t* tokens, int n, bool want_logits, const
     const bool logits_now = want_logits && done + len == n;
     const bool use_graph = graphs_ && len == 1 && logits_now;
     try {
-      if (use_graph && !graph_) capture_step_graph();
+      if (ckv_ && (ckv_->reserve(n_tokens_, len) || ckv_->generation() != graph_gen_) && graph_) {
+        cudaGraphExecDestroy(graph_);  // recorded with the residual ring's old address
+        graph_ = nullptr;
+      }
+      if (use_graph && !graph_) {
+        capture_step_graph();
+        if (ckv_) graph_gen_ = ckv_->generation();
+      }
       h_step_[0] = n_tokens_;
       std::memcpy(h_step_ + 1, tokens + done, (size_t)len * 4);
       cuda_check(cudaMemcpyAsync(step_.get(), h_step_, (size_t)(len + 1) * 4, cudaMemcpyHostToDevice, stream_), "token upload");
@@ -359,6 +391,7 @@ void CudaSessionImpl::eval(const int32_t* tokens, int n, bool want_logits, const
     }
     n_tokens_ += len;
     done += len;
+    if (ckv_) ckv_->commit(n_tokens_, stream_);  // full blocks leave the residual window, as the CPU's commit
     if (progress) progress(done, n);
   }
   logits_valid_ = want_logits;
@@ -385,6 +418,7 @@ int32_t CudaSessionImpl::argmax() {
 // Payload of DenseKvCache<uint16_t>::save: int32 n, then per (layer, head): keys in tiles of 64
 // positions stored [tile][dim][64] (zeros past n), values [n][dim].
 void CudaSessionImpl::save_kv(std::ostream& out) const {
+  if (ckv_) return ckv_->save(out);  // kv_compressed.cpp's payload
   const int n = n_tokens_, hd = attn_.head_dim;
   const size_t k_elems = (size_t)(n + kCpuKeyTile - 1) / kCpuKeyTile * kCpuKeyTile * hd;
   out.write((const char*)&n, 4);
@@ -402,6 +436,12 @@ void CudaSessionImpl::save_kv(std::ostream& out) const {
 }
 
 void CudaSessionImpl::load_kv(std::istream& in) {
+  if (ckv_) {
+    ckv_->load(in);
+    n_tokens_ = ckv_->n_tokens();
+    logits_valid_ = false;
+    return;
+  }
   int32_t n = 0;
   in.read((char*)&n, 4);
   LKV_CHECK(in && n >= 0 && n <= n_ctx_, "kv state: bad token count");
@@ -423,10 +463,25 @@ void CudaSessionImpl::load_kv(std::istream& in) {
   logits_valid_ = false;
 }
 
+// As DenseKvCache<uint16_t>::stats() (kv_cache.cpp) for f16, CompressedKvCache::stats() otherwise.
+KvStats CudaSessionImpl::kv_stats() const {
+  if (ckv_) return ckv_->stats();
+  const LlamaConfig& c = m_->cfg;
+  KvStats st;
+  st.tokens = n_tokens_;
+  st.resident_tokens = (double)st.tokens;
+  st.bytes = kv_bytes();
+  st.f16_bytes = st.bytes;
+  st.code_bytes = st.bytes;
+  st.per_layer.assign((size_t)c.n_layer, st.bytes / c.n_layer);
+  st.spec = "f16";
+  return st;
+}
+
 std::unique_ptr<CudaSession> CudaModelImpl::new_session(int n_ctx, const std::string& kv_spec, const CudaSessionOptions& opt) {
-  LKV_CHECK(kv_spec == "f16" || kv_spec == "off" || kv_spec.empty(),
-            "the CUDA backend keeps the KV cache in f16; KV spec '%s' runs on the CPU backend", kv_spec.c_str());
-  return std::make_unique<CudaSessionImpl>(shared_from_this(), n_ctx, opt);
+  std::string why;
+  if (!cuda_holds_kv(kv_spec, &why)) throw Error(why + "; it runs on the CPU backend");
+  return std::make_unique<CudaSessionImpl>(shared_from_this(), n_ctx, kv_spec, opt);
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "../kernels.h"
 #include "../kv_cache.h"
@@ -42,6 +44,29 @@ int32_t argmax(const float* x, int n);
 void dequantize_on_host(const WeightView& W, float* out);
 // Device-to-device copy of a buffer of `bytes`, best of a few: (bytes read + bytes written) / s.
 double copy_bandwidth_gbs(size_t bytes);
+
+// ---- the compressed KV cache (cuda_kv.cu; specs cuda_holds_kv accepts, not f16) ----
+// One block of G = spec's group rows per KV head: k, v [G][n_head_kv*hd], rounded to f16 on the
+// way in (the residual window holds f16) and quantized -> per head the block image (key params |
+// key codes | value params | value codes, kv_formats.h's bytes), heads one after another.
+// on_host: the same quantizer code compiled for and run on the CPU (needs a CUDA build, no GPU);
+// otherwise the kernel on device 0, which also checks that nothing outside the block was written.
+std::vector<uint8_t> kv_quantize_block(const KvShape& s, const std::string& spec, const float* k, const float* v, bool on_host);
+// Runs on the CPU: the rows of (layer, head) held in `payload` (a CPU compressed cache's save()
+// bytes) read through the device layout and the kernels' decoder, positions ascending, still
+// rotated when the spec rotates: pos [n], k and v [n][hd].
+void kv_decode_on_host(const KvShape& s, const std::string& spec, const std::string& payload, int layer, int head,
+                       std::vector<int>& pos, std::vector<float>& k, std::vector<float>& v);
+// Attention of n queries at positions [pos, pos+n) (q, out: [n][n_head*hd], unrotated) over layer
+// 0 of the state in `payload`, loaded into a device store whose unused blocks and residual slots
+// are filled with NaN. n_splits as in attention().
+void kv_attention(const KvShape& s, const std::string& spec, const std::string& payload, int pos, int n, const float* q,
+                  float* out, size_t guard, int n_splits);
+// Runs on the CPU: the payload parsed into the device store's image and written back (must be the
+// same bytes), and the accounting the device store reports for it (must equal the CPU cache's).
+std::string kv_payload_on_host(const KvShape& s, const std::string& spec, const std::string& payload, KvStats* stats);
+// The payload loaded into a device store and saved back (must be the same bytes).
+std::string kv_payload_roundtrip(const KvShape& s, const std::string& spec, const std::string& payload);
 
 }  // namespace cuda_ops
 }  // namespace lkv
