@@ -53,17 +53,20 @@ export function describeModel(file: string, name: string, source: DiscoveredMode
   }
 }
 
+/** A folder's entries by name; none when it cannot be read (missing, no permission). */
+function sortedEntries(dir: string): fs.Dirent[] {
+  try {
+    return fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name));
+  } catch {
+    return [];
+  }
+}
+
 /** Files ending in .gguf under dir, following symlinks (the HF cache links snapshots to blobs). */
 function findGguf(dir: string, maxDepth: number): string[] {
   const out: string[] = [];
   const walk = (d: string, depth: number) => {
-    let entries: fs.Dirent[];
-    try {
-      entries = fs.readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
+    for (const e of sortedEntries(d)) {
       const p = path.join(d, e.name);
       let isDir = e.isDirectory();
       let isFile = e.isFile();
@@ -89,13 +92,7 @@ function ollamaModels(dir: string): Array<{ file: string; name: string }> {
   const manifests = path.join(dir, 'manifests');
   const out: Array<{ file: string; name: string }> = [];
   const walk = (d: string, parts: string[]) => {
-    let entries: fs.Dirent[];
-    try {
-      entries = fs.readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
+    for (const e of sortedEntries(d)) {
       const p = path.join(d, e.name);
       if (e.isDirectory() && parts.length < 3) walk(p, [...parts, e.name]);
       else if (e.isFile() && parts.length === 3) {

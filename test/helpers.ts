@@ -3,6 +3,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { after } from 'node:test';
 import { synthModel, SynthOptions } from '../sidecar/synth';
 
 export const repoRoot = path.resolve(__dirname, '..', '..');
@@ -36,6 +37,17 @@ export function tinyModel(): Promise<string> {
 
 export function tmpDir(prefix = 'llamakv-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** A tmpDir maker whose folders are removed after the calling test file's tests. */
+export function tmpDirsRemovedAfter(): (prefix?: string) => string {
+  const made: string[] = [];
+  after(() => made.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+  return (prefix?: string) => {
+    const d = tmpDir(prefix);
+    made.push(d);
+    return d;
+  };
 }
 
 // ---- llama.cpp oracle -------------------------------------------------------------------------

@@ -39,21 +39,16 @@
 #include "model.h"
 #include "quant.h"
 #include "session.h"
+#include "test_util.h"
 
 using namespace lkv;
+using namespace lkvtest;
 
 namespace {
 
-int g_passed = 0, g_failed = 0, g_skipped = 0;
+int g_skipped = 0;
 std::string g_skip_reason;  // non-empty: no usable device, every case is skipped
 std::string g_only;         // --only=PREFIX: run just the cases whose name starts with it
-std::mt19937_64 g_rng;
-
-void report(bool ok, const std::string& name, const std::string& detail) {
-  (ok ? g_passed : g_failed)++;
-  std::printf("%s %s  %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
-  std::fflush(stdout);
-}
 
 // One case: skipped (never passed) without a device; an exception fails it.
 void run_case(const std::string& name, const std::function<bool(std::string&)>& body) {
@@ -73,20 +68,7 @@ void run_case(const std::string& name, const std::function<bool(std::string&)>& 
   report(ok, name, detail);
 }
 
-float gauss() {
-  static std::normal_distribution<float> nd(0.f, 1.f);
-  return nd(g_rng);
-}
-std::vector<float> gauss_vec(size_t n, float scale = 1.f) {
-  std::vector<float> v(n);
-  for (auto& f : v) f = gauss() * scale;
-  return v;
-}
 
-const uint32_t kF32 = (uint32_t)GgmlType::F32, kF16 = (uint32_t)GgmlType::F16, kBF16 = (uint32_t)GgmlType::BF16,
-               kQ8_0 = (uint32_t)GgmlType::Q8_0, kQ4_0 = (uint32_t)GgmlType::Q4_0, kQ4_K = (uint32_t)GgmlType::Q4_K,
-               kQ6_K = (uint32_t)GgmlType::Q6_K;
-const uint32_t kWeightTypes[] = {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K};
 
 // ---- error budgets --------------------------------------------------------------------------
 // Matmul: the device dequantizes exactly (the same float products as quant.cpp's reference) and
@@ -126,30 +108,6 @@ constexpr double kForwardKvBudget = 2e-2;
 const char* const kDeviceKvSpecs[] = {"q8", "q4", "q2", "k4,v2,g32,vg16,r16,norot", "k2,v4,g128,vg0,r64,rot",
                                       "k16,v4,g64,vg32,r32", "k8,v16,g8,r8,norot", "k4,v4,g256,vg64,r0,rot"};
 
-// ---- guarded output buffers (the device gets the whole span and must leave the guards) -------
-
-constexpr size_t kGuard = 64;  // a multiple of 4: outputs stay 16-byte aligned on the device
-constexpr uint32_t kSentinel = 0x7fa5c3e1u;  // a NaN with a recognizable payload
-
-struct Guarded {
-  std::vector<float> buf;
-  size_t n;
-  explicit Guarded(size_t n_) : buf(n_ + 2 * kGuard), n(n_) {
-    float s;
-    std::memcpy(&s, &kSentinel, 4);
-    for (auto& f : buf) f = s;  // outputs start as NaN too: an unwritten output fails the NaN check
-  }
-  float* data() { return buf.data() + kGuard; }
-  bool guards_intact() const {
-    for (size_t i = 0; i < kGuard; i++) {
-      uint32_t a, b;
-      std::memcpy(&a, &buf[i], 4);
-      std::memcpy(&b, &buf[kGuard + n + i], 4);
-      if (a != kSentinel || b != kSentinel) return false;
-    }
-    return true;
-  }
-};
 
 // Largest and RMS |got - want| over `scale`; non-finite outputs make both infinite.
 struct Diff {
@@ -1139,8 +1097,8 @@ void test_backend_choice() {
     } catch (const Error& e) {
       expect(std::strstr(e.what(), "unknown backend 'gpu'") != nullptr, std::string("unknown backend said '") + e.what() + "'");
     }
-    expect(cuda_supports_kv("f16") && cuda_supports_kv("off") && cuda_supports_kv(""), "f16 specs not on the device");
-    expect(!cuda_supports_kv("f32") && !cuda_supports_kv("q4") && !cuda_supports_kv("balanced"), "a CPU-only spec on the device");
+    expect(cuda_is_f16_kv("f16") && cuda_is_f16_kv("off") && cuda_is_f16_kv(""), "f16 specs not on the device");
+    expect(!cuda_is_f16_kv("f32") && !cuda_is_f16_kv("q4") && !cuda_is_f16_kv("balanced"), "a CPU-only spec on the device");
     for (const char* sp : kDeviceKvSpecs) expect(cuda_holds_kv(sp), std::string("the device does not hold ") + sp);
     std::string no;
     for (const char* sp : {"balanced", "max", "q4,b0.5", "t8:0.2/4x2", "q4,o0.01", "k4,v4,vg4", "f32", "nonsense"})

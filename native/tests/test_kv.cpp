@@ -21,29 +21,12 @@
 #include "kv_formats.h"
 #include "kv_policy.h"
 #include "threadpool.h"
+#include "test_util.h"
 
 using namespace lkv;
+using namespace lkvtest;
 
 namespace {
-
-int g_passed = 0, g_failed = 0;
-std::mt19937_64 g_rng;
-
-void report(bool ok, const std::string& name, const std::string& detail = "") {
-  (ok ? g_passed : g_failed)++;
-  std::printf("%s %s  %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
-  std::fflush(stdout);
-}
-
-float gauss() {
-  static std::normal_distribution<float> nd(0.f, 1.f);
-  return nd(g_rng);
-}
-std::vector<float> gauss_vec(size_t n, float scale = 1.f) {
-  std::vector<float> v(n);
-  for (auto& f : v) f = gauss() * scale;
-  return v;
-}
 
 double rel_rms(const std::vector<float>& a, const std::vector<float>& ref) {
   double e = 0, r = 0;

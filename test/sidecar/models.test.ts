@@ -4,19 +4,13 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { inspectGguf, readGgufHeader, unsupportedReason } from '../../sidecar/gguf-header';
 import { ggufHeader, GgufMeta, meta } from '../../sidecar/gguf/writer';
 import { discoverModels, pickModel } from '../../sidecar/models';
-import { tmpDir as makeTmp } from '../helpers';
+import { tmpDirsRemovedAfter } from '../helpers';
 
-const made: string[] = [];
-const tmpDir = (prefix?: string) => {
-  const d = makeTmp(prefix);
-  made.push(d);
-  return d;
-};
-after(() => made.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+const tmpDir = tmpDirsRemovedAfter();
 
 /** A GGUF file with real metadata and tensor infos but no tensor data (headers are all discovery reads). */
 function fakeGguf(file: string, arch: string, opts: { tokenizer?: string; layers?: number; type?: 'q8_0' | 'q4_k' | 'f16' } = {}): void {

@@ -5,7 +5,7 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { uriToPath, validateChat, validateExplain } from '../../sidecar/assistant';
 import { formatBytes, kvSummaryLine } from '../../sidecar/format';
 import {
@@ -22,15 +22,9 @@ import {
 } from '../../sidecar/prefix-cache';
 import { commonPrefix, conversationTail, fileChunk, layoutPrefix, PromptModel, renderSegments, standalonePrompt, WORKSPACE_INTRO } from '../../sidecar/prompt';
 import { sanitizeSettings } from '../../sidecar/server';
-import { tmpDir as makeTmp } from '../helpers';
+import { tmpDirsRemovedAfter } from '../helpers';
 
-const made: string[] = [];
-const tmpDir = (prefix?: string) => {
-  const d = makeTmp(prefix);
-  made.push(d);
-  return d;
-};
-after(() => made.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+const tmpDir = tmpDirsRemovedAfter();
 
 const SPECIAL: Record<string, number> = { '<|begin_of_text|>': 128000, '<|start_header_id|>': 128006, '<|end_header_id|>': 128007, '<|eot_id|>': 128009 };
 

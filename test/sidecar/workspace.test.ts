@@ -4,17 +4,11 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { classifyContent, globToRegExp, GlobSet, selectWithinBudget, stableOrder, WorkspaceCollector, WorkspaceFile } from '../../sidecar/workspace';
-import { tmpDir as makeTmp } from '../helpers';
+import { tmpDirsRemovedAfter } from '../helpers';
 
-const made: string[] = [];
-const tmpDir = (prefix?: string) => {
-  const d = makeTmp(prefix);
-  made.push(d);
-  return d;
-};
-after(() => made.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+const tmpDir = tmpDirsRemovedAfter();
 import { makeWorkspace, writeFile } from './fixtures';
 
 const reasonOf = (leftOut: { path: string; reason: string }[], p: string) => leftOut.find((l) => l.path === p)?.reason;

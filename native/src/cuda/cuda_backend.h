@@ -24,7 +24,7 @@ namespace lkv {
 bool cuda_usable(std::string* why);
 
 // The dense f16 cache's spec names ("f16", "off" or empty): the device's plain KV layout.
-inline bool cuda_supports_kv(const std::string& spec) { return spec == "f16" || spec == "off" || spec.empty(); }
+inline bool cuda_is_f16_kv(const std::string& spec) { return spec == "f16" || spec == "off" || spec.empty(); }
 
 // KV specs Session routes to a CudaSession (it falls back to the CPU for the rest, saying why):
 // f16, and compressed specs without eviction, tiers or
@@ -32,7 +32,7 @@ inline bool cuda_supports_kv(const std::string& spec) { return spec == "f16" || 
 // value groups of at least 8. Otherwise false with the reason in *why. (The presets q8, q4 and q2
 // qualify; balanced and max evict.)
 inline bool cuda_holds_kv(const std::string& spec, std::string* why = nullptr) {
-  if (cuda_supports_kv(spec)) return true;
+  if (cuda_is_f16_kv(spec)) return true;
   auto no = [&](const std::string& w) {
     if (why) *why = w;
     return false;

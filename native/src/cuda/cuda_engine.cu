@@ -258,7 +258,7 @@ CudaSessionImpl::CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_c
   const size_t kv_elems = (size_t)c.n_layer * c.n_head_kv * n_ctx * c.head_dim;
   const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
   const size_t ch = (size_t)chunk_;
-  if (cuda_supports_kv(kv_spec)) {
+  if (cuda_is_f16_kv(kv_spec)) {
     kc_ = DeviceBuffer(kv_elems * 2, "the KV cache (keys)");
     vc_ = DeviceBuffer(kv_elems * 2, "the KV cache (values)");
     cuda_check(cudaMemset(kc_.get(), 0, kc_.bytes()), "clear KV cache");

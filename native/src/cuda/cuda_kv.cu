@@ -828,7 +828,7 @@ void require_device_kv() {
 
 KvSpec device_spec(const std::string& spec, int hd) {
   std::string why;
-  LKV_CHECK(!cuda_supports_kv(spec), "KV spec '%s' is the f16 cache, not a compressed one", spec.c_str());
+  LKV_CHECK(!cuda_is_f16_kv(spec), "KV spec '%s' is the f16 cache, not a compressed one", spec.c_str());
   if (!cuda_holds_kv(spec, &why)) throw Error(why);
   return parse_kv_spec(spec);
 }

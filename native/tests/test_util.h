@@ -1,0 +1,66 @@
+// test_util.h — what the C++ test programs share: PASS/FAIL reporting and counts, the seeded
+// random source with Gaussian helpers, the GGML weight types under test, and guarded output
+// buffers (NaN sentinels on both sides of an output, so an unwritten element or a write past
+// the end is caught). Each test program is its own executable, so the state here is per program.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gguf.h"
+
+namespace lkvtest {
+
+inline int g_passed = 0, g_failed = 0;
+inline std::mt19937_64 g_rng;
+
+inline void report(bool ok, const std::string& name, const std::string& detail = "") {
+  (ok ? g_passed : g_failed)++;
+  std::printf("%s %s  %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+inline float gauss() {
+  static std::normal_distribution<float> nd(0.f, 1.f);
+  return nd(g_rng);
+}
+inline std::vector<float> gauss_vec(size_t n, float scale = 1.f) {
+  std::vector<float> v(n);
+  for (auto& f : v) f = gauss() * scale;
+  return v;
+}
+
+using lkv::GgmlType;
+constexpr uint32_t kF32 = (uint32_t)GgmlType::F32, kF16 = (uint32_t)GgmlType::F16, kBF16 = (uint32_t)GgmlType::BF16,
+                   kQ8_0 = (uint32_t)GgmlType::Q8_0, kQ4_0 = (uint32_t)GgmlType::Q4_0, kQ4_K = (uint32_t)GgmlType::Q4_K,
+                   kQ6_K = (uint32_t)GgmlType::Q6_K, kQ8_K = (uint32_t)GgmlType::Q8_K;
+constexpr uint32_t kWeightTypes[] = {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K};
+
+constexpr size_t kGuard = 64;  // a multiple of 4: outputs stay 16-byte aligned on the device
+constexpr uint32_t kSentinel = 0x7fa5c3e1u;  // a NaN with a recognizable payload
+
+struct Guarded {
+  std::vector<float> buf;
+  size_t n;
+  explicit Guarded(size_t n_) : buf(n_ + 2 * kGuard), n(n_) {
+    float s;
+    std::memcpy(&s, &kSentinel, 4);
+    for (auto& f : buf) f = s;  // outputs start as NaN too: an unwritten output fails the NaN check
+  }
+  float* data() { return buf.data() + kGuard; }
+  bool guards_intact() const {
+    for (size_t i = 0; i < kGuard; i++) {
+      uint32_t a, b;
+      std::memcpy(&a, &buf[i], 4);
+      std::memcpy(&b, &buf[kGuard + n + i], 4);
+      if (a != kSentinel || b != kSentinel) return false;
+    }
+    return true;
+  }
+};
+
+}  // namespace lkvtest
