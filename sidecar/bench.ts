@@ -54,7 +54,7 @@ export interface BenchOptions {
 const USAGE =
   'bench [--quick] [--preset 1b|tiny] [--models q8_0,q4_k_m,f16 | --model FILE[,FILE]] [--contexts 128,4096,16384,32768] ' +
   '[--long-models q8_0|all|none] [--prefill 512,4096] [--reps N] [--long-reps N] [--decode-tokens N] [--threads N] [--batch N] ' +
-  '[--kv f16[,SPEC]] [--llama-kv f16[,q8_0,q4_0]] [--max-disturb 0.1] [--retries N] [--budget-min M] [--out DIR] [--no-bandwidth] [--no-state-cache] [--json]';
+  '[--kv f16[,SPEC]|none] [--llama-kv f16[,q8_0,q4_0]|none] [--max-disturb 0.1] [--retries N] [--budget-min M] [--out DIR] [--no-bandwidth] [--no-state-cache] [--json]';
 
 function list(s: string | undefined, dflt: string[]): string[] {
   if (s === undefined) return dflt;
@@ -80,9 +80,11 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
   for (const f of files) if (!fs.existsSync(f)) throw new Error(`model file not found: ${f}`);
   const models = files.length > 0 ? files : types;
   const long = list(flagStr(a, 'long-models'), [files.length > 0 ? labelOf(files[0]) : types[0]]);
-  const llamaKv = list(flagStr(a, 'llama-kv'), ['f16']);
+  // "none" leaves an engine out (e.g. to fill one engine's long-context states on their own)
+  const llamaKv = list(flagStr(a, 'llama-kv'), ['f16']).filter((k) => k !== 'none');
   for (const k of llamaKv) if (!['f16', 'q8_0', 'q4_0'].includes(k)) throw new UsageError(`--llama-kv: "${k}" is not f16, q8_0 or q4_0`);
-  const kv = list(flagStr(a, 'kv'), ['f16']);
+  const kv = list(flagStr(a, 'kv'), ['f16']).filter((k) => k !== 'none');
+  if (kv.length === 0 && llamaKv.length === 0) throw new UsageError('--kv none and --llama-kv none leave nothing to run');
   const o: BenchOptions & { json: boolean } = {
     preset,
     models,

@@ -22,6 +22,56 @@ void block_row_ref(const Block& b, int hd, int vg, int j, float* k, float* v) {
   for (auto it = lo(b.vo); it != b.vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
 }
 
+void RowPositions::put_all(const int32_t* p, size_t m) {
+  v_.clear();
+  wide_ = false;
+  if (m == 0) return;
+  const int32_t lo = *std::min_element(p, p + m), hi = *std::max_element(p, p + m);
+  base_ = lo;
+  wide_ = (int64_t)hi - lo > 65535;
+  v_.resize(wide_ ? 2 * m : m);
+  for (size_t j = 0; j < m; j++) {
+    if (wide_) {
+      v_[2 * j] = (uint16_t)((uint32_t)p[j] & 0xffff);
+      v_[2 * j + 1] = (uint16_t)((uint32_t)p[j] >> 16);
+    } else {
+      v_[j] = (uint16_t)(p[j] - lo);
+    }
+  }
+  v_.shrink_to_fit();
+}
+
+void RowPositions::assign(const int32_t* p, size_t m) { put_all(p, m); }
+
+void RowPositions::insert(size_t j, int32_t p) {
+  std::vector<int32_t> all = to_vector();
+  all.insert(all.begin() + (ptrdiff_t)j, p);
+  if (!wide_ && !v_.empty() && p >= base_ && (int64_t)p - base_ <= 65535) {  // keeps the base
+    v_.insert(v_.begin() + (ptrdiff_t)j, (uint16_t)(p - base_));
+    return;
+  }
+  put_all(all.data(), all.size());
+}
+
+void RowPositions::compact(const std::vector<int>& newrow) {
+  std::vector<int32_t> all = to_vector(), kept;
+  for (size_t j = 0; j < all.size(); j++)
+    if (newrow[j] >= 0) kept.push_back(all[j]);
+  put_all(kept.data(), kept.size());
+}
+
+std::vector<int32_t> RowPositions::to_vector() const {
+  std::vector<int32_t> v(size());
+  for (size_t j = 0; j < v.size(); j++) v[j] = (*this)[j];
+  return v;
+}
+
+const int32_t* RowPositions::data(std::vector<int32_t>& buf) const {
+  if (empty()) return nullptr;
+  buf = to_vector();
+  return buf.data();
+}
+
 // Quantizes m rows (k, v: [m][hd], already rotated) into one block.
 Block make_block(const float* k, const float* v, const int32_t* pos, int m, const KvTier& tier, int tier_index, int hd, int vg,
                  double outliers, bool per_row_pos, int created) {
@@ -32,7 +82,7 @@ Block make_block(const float* k, const float* v, const int32_t* pos, int m, cons
   b.n = m;
   b.created = created;
   b.pos0 = pos[0];
-  if (per_row_pos) b.pos.assign(pos, pos + m);
+  if (per_row_pos) b.pos.assign(pos, (size_t)m);
   const size_t ne = (size_t)m * hd;
   std::vector<uint8_t> kskip, vskip;
   const int count = (int)std::lround(outliers * (double)ne);
@@ -86,7 +136,9 @@ void keep_rows(Block& b, const std::vector<uint8_t>& keep, int hd, int vg) {
     if (keep[j]) newrow[j] = m++;
   if (m == b.n) return;
   if (b.pos.empty()) {  // rows stop being consecutive positions
-    for (int j = 0; j < b.n; j++) b.pos.push_back(b.pos0 + j);
+    std::vector<int32_t> p((size_t)b.n);
+    for (int j = 0; j < b.n; j++) p[(size_t)j] = b.pos0 + j;
+    b.pos.assign(p.data(), p.size());
   }
   const int So = kv_planar_bytes(b.n, b.kbits), Sn = kv_planar_bytes(m, b.kbits);
   std::vector<uint8_t> kc((size_t)hd * Sn, 0);
@@ -106,11 +158,10 @@ void keep_rows(Block& b, const std::vector<uint8_t>& keep, int hd, int vg) {
     if (r < 0 || r == j) continue;
     std::memmove(b.vc.data() + (size_t)r * RB, b.vc.data() + (size_t)j * RB, (size_t)RB);
     if (ng) std::memmove(b.vp.data() + (size_t)r * ng, b.vp.data() + (size_t)j * ng, sizeof(KvQParams) * ng);
-    b.pos[r] = b.pos[j];
   }
+  b.pos.compact(newrow);
   b.vc.resize((size_t)m * RB);
   b.vp.resize((size_t)m * ng);
-  b.pos.resize((size_t)m);
   for (auto* list : {&b.ko, &b.vo}) {
     std::vector<KvOutlier> kept;
     for (const KvOutlier& o : *list) {
@@ -123,7 +174,6 @@ void keep_rows(Block& b, const std::vector<uint8_t>& keep, int hd, int vg) {
   b.kc.shrink_to_fit();
   b.vc.shrink_to_fit();
   b.vp.shrink_to_fit();
-  b.pos.shrink_to_fit();
   b.ko.shrink_to_fit();
   b.vo.shrink_to_fit();
 }
@@ -186,7 +236,7 @@ void insert_row(Block& b, const Undo& u, int hd, int vg) {
   const size_t ng = L.vp / sizeof(KvQParams);
   b.vp.insert(b.vp.begin() + (size_t)j * ng, (const KvQParams*)vp, (const KvQParams*)vp + ng);
   b.vc.insert(b.vc.begin() + (size_t)j * L.vc, vc, vc + L.vc);
-  b.pos.insert(b.pos.begin() + j, u.pos);
+  b.pos.insert((size_t)j, u.pos);
   for (auto* list : {&b.ko, &b.vo}) {
     for (KvOutlier& o : *list)
       if (o.index / hd >= j) o.index = (uint16_t)(o.index + hd);

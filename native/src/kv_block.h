@@ -26,6 +26,32 @@ inline float half_fast(uint16_t h) {
   return f;
 }
 
+// Per-row positions of a block whose rows are not consecutive positions (eviction, tiers): 2-byte
+// offsets from a base while every position lies within 65535 of it (a block formed from a key
+// block's tokens always does), else 4-byte positions.
+class RowPositions {
+ public:
+  bool empty() const { return v_.empty(); }
+  size_t size() const { return wide_ ? v_.size() / 2 : v_.size(); }
+  int32_t operator[](size_t j) const {
+    return wide_ ? (int32_t)((uint32_t)v_[2 * j] | (uint32_t)v_[2 * j + 1] << 16) : base_ + (int32_t)v_[j];
+  }
+  void assign(const int32_t* p, size_t m);
+  void insert(size_t j, int32_t p);
+  // Keeps the positions whose newrow[j] >= 0, at index newrow[j] (ascending where kept).
+  void compact(const std::vector<int>& newrow);
+  std::vector<int32_t> to_vector() const;
+  // All positions as int32, expanded into buf; nullptr when empty.
+  const int32_t* data(std::vector<int32_t>& buf) const;
+  int64_t bytes() const { return 2 * (int64_t)v_.size(); }
+
+ private:
+  void put_all(const int32_t* p, size_t m);  // chooses the width
+  std::vector<uint16_t> v_;  // offsets from base_, or (wide_) each position as two halves, low first
+  int32_t base_ = 0;
+  bool wide_ = false;
+};
+
 struct Block {
   uint32_t id = 0;            // unique within its head, increasing
   int tier = 0, kbits = 16, vbits = 16;
@@ -33,7 +59,7 @@ struct Block {
   int emptied = -1;           // cache length when its last row left (kept while the journal may need it)
   int created = 0;            // cache length when the block was formed (truncate re-expands later ones)
   int32_t pos0 = 0;           // rows hold positions pos0, pos0+1, ... when `pos` is empty
-  std::vector<int32_t> pos;   // per-row positions (caches with eviction or tiers)
+  RowPositions pos;           // per-row positions (caches with eviction or tiers)
   std::vector<KvQParams> kp;  // [head_dim]
   std::vector<uint8_t> kc;    // [head_dim][kv_planar_bytes(n, kbits)]
   std::vector<KvQParams> vp;  // [n][head_dim / vg]
@@ -44,7 +70,7 @@ struct Block {
   int64_t code_bytes() const { return (int64_t)kc.size() + (int64_t)vc.size(); }
   int64_t param_bytes() const { return 4 * (int64_t)(kp.size() + vp.size()); }
   int64_t outlier_bytes() const { return 4 * (int64_t)(ko.size() + vo.size()); }
-  int64_t index_bytes() const { return 4 * (int64_t)pos.size() + (int64_t)sizeof(Block); }
+  int64_t index_bytes() const { return pos.bytes() + (int64_t)sizeof(Block); }
 };
 
 // One journaled change, undone by truncate(): a row taken out of a block (evicted or demoted), with

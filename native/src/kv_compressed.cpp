@@ -63,8 +63,10 @@ class CompressedKvCache final : public KvCache {
     ts_ = ((std::max(spec.group, kResTile) + 31) / 32) * 32 + 32;
     ops_ = pick_tile_ops(hd, vg_, spec_.tiers);
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
-    for (Head& H : heads_)
+    for (Head& H : heads_) {
       if (spec_.policy == KvPolicy::Agnostic && spec_.managed()) H.kmean.assign((size_t)hd, 0.0f);
+      H.table.half = spec_.policy != KvPolicy::H2O;
+    }
     len_.assign((size_t)s.n_layer, 0);
     for (const KvTier& t : spec_.tiers) fracs_.push_back(t.frac);
   }
@@ -248,7 +250,7 @@ class CompressedKvCache final : public KvCache {
         put<int32_t>(out, b.n);
         put<int32_t>(out, b.created);
         put<int32_t>(out, b.pos0);
-        put_vec(out, b.pos);
+        put_vec(out, b.pos.to_vector());
         put_vec(out, b.kp);
         put_vec(out, b.kc);
         put_vec(out, b.vp);
@@ -260,7 +262,7 @@ class CompressedKvCache final : public KvCache {
       put_vec(out, H.rk);
       put_vec(out, H.rv);
       put_vec(out, H.table.tier);
-      put_vec(out, H.table.score);
+      put_vec(out, H.table.scores());
       put_vec(out, H.kmean);
       put<int64_t>(out, H.kcount);
       put<uint64_t>(out, H.journal.size());
@@ -294,6 +296,7 @@ class CompressedKvCache final : public KvCache {
     const int hd = s_.head_dim;
     std::vector<Head> heads(heads_.size());
     for (Head& H : heads) {
+      H.table.half = heads_[0].table.half;
       H.next_id = get<uint32_t>(in);
       const uint64_t nb = get<uint64_t>(in);
       LKV_CHECK(nb <= 2 * (uint64_t)n + 1, "kv state: bad block count");
@@ -311,8 +314,10 @@ class CompressedKvCache final : public KvCache {
         LKV_CHECK(b.n >= 0 && b.n <= spec_.group, "kv state: bad block size %d", b.n);
         b.created = get<int32_t>(in);
         b.pos0 = get<int32_t>(in);
-        get_vec_upto(in, b.pos, (uint64_t)b.n, "positions");
-        LKV_CHECK(b.pos.empty() || (int)b.pos.size() == b.n, "kv state: bad positions");
+        std::vector<int32_t> pos;
+        get_vec_upto(in, pos, (uint64_t)b.n, "positions");
+        LKV_CHECK(pos.empty() || (int)pos.size() == b.n, "kv state: bad positions");
+        b.pos.assign(pos.data(), pos.size());
         for (int j = 0; j < b.n; j++) {
           LKV_CHECK(b.position(j) >= 0 && b.position(j) < n, "kv state: position out of range");
           seen.push_back(b.position(j));
@@ -340,7 +345,15 @@ class CompressedKvCache final : public KvCache {
       LKV_CHECK(spec_.managed() || (int)seen.size() == n, "kv state: %zu positions held, expected %d", seen.size(), n);
       const uint64_t tn = spec_.managed() ? (uint64_t)n : 0;
       get_vec(in, H.table.tier, tn, "slot tiers");
-      get_vec(in, H.table.score, tn, "slot scores");
+      std::vector<float> scores;
+      get_vec(in, scores, tn, "slot scores");
+      H.table.score.clear();
+      H.table.score_h.clear();
+      for (float x : scores) {
+        LKV_CHECK(std::isfinite(x), "kv state: bad slot score");
+        if (H.table.half) H.table.score_h.push_back(f32_to_f16(x));
+        else H.table.score.push_back(x);
+      }
       H.table.held = 0;
       for (int8_t t : H.table.tier) {
         LKV_CHECK(t == SlotTable::kEvicted || t == SlotTable::kResidual || (t >= 0 && t < (int)spec_.tiers.size()),
@@ -655,6 +668,7 @@ class CompressedKvCache final : public KvCache {
       // One tile of nk rows (keys in kt, or f16 rows kr when non-null; values in vt) for every
       // query row, kRows at a time; vis[r] rows visible to row r.
       const Block* blk = nullptr;  // the block in kt, when kr is null
+      std::vector<int32_t> posbuf;  // a block's row positions, when keeping raw scores
       std::vector<float> qf((size_t)kRows * hd), ksc((size_t)hd), kz((size_t)hd);
       float bias[kRows];
       // n == 1 with gather: raw scores of every visible row per query row, and their positions
@@ -693,7 +707,7 @@ class CompressedKvCache final : public KvCache {
         ops.decode_keys(b, hd, kt.data(), ts_);
         ops.decode_values(b, hd, vg_, vt.data());
         blk = &b;
-        tile_pos = b.pos.data();
+        tile_pos = keep ? b.pos.data(posbuf) : nullptr;
         key_params(b, hd, ksc.data(), kz.data());
         std::fill(vis.begin(), vis.end(), b.n);
         consume(b.n, nullptr);
@@ -742,11 +756,15 @@ class CompressedKvCache final : public KvCache {
   // positions (kernel 7) and keeps the largest value a slot has seen.
   void apply_mass(Head& H, const std::vector<float>& mass, int rows) {
     const int len = (int)mass.size();
-    float* score = H.table.score.data();
+    SlotTable& T = H.table;
     if (spec_.policy != KvPolicy::SnapKV) {
+      float* score = T.score.data();  // H2O: f32 sums
       for (int p = 0; p < len; p++) score[p] += mass[(size_t)p];
       return;
     }
+    auto raise = [&T](int p, float v) {
+      if (v > T.get(p)) T.set(p, v);
+    };
     const float norm = 1.0f / (float)rows;
     const float* m = mass.data();
     auto pooled = [&](int p) {
@@ -755,13 +773,13 @@ class CompressedKvCache final : public KvCache {
       return mx;
     };
     int p = 0;
-    for (; p < std::min(len, 3); p++) score[p] = std::max(score[p], pooled(p) * norm);
-    for (; p + 3 < len; p++) {  // interior: fixed window, vectorizes
+    for (; p < std::min(len, 3); p++) raise(p, pooled(p) * norm);
+    for (; p + 3 < len; p++) {  // interior: fixed window
       const float mx = std::max(std::max(std::max(m[p - 3], m[p - 2]), std::max(m[p - 1], m[p])),
                                 std::max(std::max(m[p + 1], m[p + 2]), m[p + 3]));
-      score[p] = std::max(score[p], mx * norm);
+      raise(p, mx * norm);
     }
-    for (; p < len; p++) score[p] = std::max(score[p], pooled(p) * norm);
+    for (; p < len; p++) raise(p, pooled(p) * norm);
   }
 
   // Importance from attention, per KV head: H2O adds every query's attention (summed over the
@@ -778,6 +796,7 @@ class CompressedKvCache final : public KvCache {
       const int nq = (n - first) * group;
       std::vector<float> kt((size_t)hd * ts_), s((size_t)kRows * ts_), qr((size_t)nq * hd);
       std::vector<float> mass((size_t)len, 0.0f);
+      std::vector<int32_t> posbuf;
       for (int i = first; i < n; i++)
         for (int g = 0; g < group; g++) {
           float* dst = qr.data() + (size_t)((i - first) * group + g) * hd;
@@ -818,7 +837,7 @@ class CompressedKvCache final : public KvCache {
         ops.decode_keys(b, hd, kt.data(), ts_);
         blk = &b;
         key_params(b, hd, ksc.data(), kz.data());
-        add_tile(b.n, b.pos.data(), false, nullptr);
+        add_tile(b.n, b.pos.data(posbuf), false, nullptr);
       }
       for (int r0 = 0; r0 < H.res_rows(); r0 += kResTile) {
         const int nk = std::min(kResTile, H.res_rows() - r0);
@@ -909,7 +928,7 @@ void slot_table(const KvCache* cache, int layer, int head, std::vector<float>& s
   auto* c = dynamic_cast<const CompressedKvCache*>(cache);
   LKV_CHECK(c, "not a compressed KV cache");
   const SlotTable& t = c->table(layer, head);
-  score = t.score;
+  score = t.scores();
   tier.assign(t.tier.begin(), t.tier.end());
 }
 }  // namespace kvtest

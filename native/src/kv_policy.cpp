@@ -3,12 +3,30 @@
 
 #include <algorithm>
 
+#include "common.h"
+
 namespace lkv {
+
+float SlotTable::get(int pos) const { return half ? f16_to_f32(score_h[(size_t)pos]) : score[(size_t)pos]; }
+
+void SlotTable::set(int pos, float v) {
+  if (half) score_h[(size_t)pos] = f32_to_f16(v);
+  else score[(size_t)pos] = v;
+}
+
+std::vector<float> SlotTable::scores() const {
+  if (!half) return score;
+  std::vector<float> out(score_h.size());
+  for (size_t p = 0; p < out.size(); p++) out[p] = f16_to_f32(score_h[p]);
+  return out;
+}
 
 void SlotTable::append(int count, const float* scores) {
   for (int i = 0; i < count; i++) {
     tier.push_back(kResidual);
-    score.push_back(scores ? scores[i] : 0.0f);
+    const float s = scores ? scores[i] : 0.0f;
+    if (half) score_h.push_back(f32_to_f16(s));
+    else score.push_back(s);
   }
   held += count;
 }
@@ -18,7 +36,8 @@ void SlotTable::truncate(int n) {
   for (int p = n; p < size(); p++)
     if (tier[p] != kEvicted) held--;
   tier.resize((size_t)n);
-  score.resize((size_t)n);
+  if (half) score_h.resize((size_t)n);
+  else score.resize((size_t)n);
 }
 
 void SlotTable::set_tier(int pos, int8_t t) {
@@ -28,8 +47,8 @@ void SlotTable::set_tier(int pos, int8_t t) {
 }
 
 float slot_rank(const SlotTable& t, RankKind kind, int n, int pos) {
-  if (kind == RankKind::PerQuery) return t.score[pos] / (float)std::max(1, n - pos);
-  return t.score[pos];
+  if (kind == RankKind::PerQuery) return t.get(pos) / (float)std::max(1, n - pos);
+  return t.get(pos);
 }
 
 namespace {

@@ -14,14 +14,23 @@ struct SlotTable {
   static constexpr int8_t kEvicted = -1;
   static constexpr int8_t kResidual = 127;  // held in the f16 residual window, no tier yet
   std::vector<int8_t> tier;                 // kEvicted, kResidual or a tier index (0 = most bits)
-  std::vector<float> score;                 // importance accumulator (meaning set by the policy)
   int held = 0;                             // positions not evicted
+  // Importance (meaning set by the policy). Sums of attention (H2O) need f32; a score set once or
+  // max-pooled (key distinctiveness, SnapKV) is ranked just as well at f16, at half the bytes.
+  bool half = false;                        // set before the first append
+  std::vector<float> score;                 // f32 scores (!half)
+  std::vector<uint16_t> score_h;            // f16 scores (half)
 
   int size() const { return (int)tier.size(); }
+  float get(int pos) const;
+  void set(int pos, float v);
+  std::vector<float> scores() const;            // every score as f32 (state files, tests)
   void append(int count, const float* scores);  // new positions in the residual (scores may be null)
   void truncate(int n);                         // forgets positions >= n
   void set_tier(int pos, int8_t t);             // keeps `held` in step
-  int64_t bytes() const { return (int64_t)tier.size() * (sizeof(int8_t) + sizeof(float)); }
+  int64_t bytes() const {
+    return (int64_t)tier.size() * (int64_t)(sizeof(int8_t) + (half ? sizeof(uint16_t) : sizeof(float)));
+  }
 };
 
 // How importance is ranked, higher = keep / more bits.

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "kv_cache.h"
+#include "kv_block.h"
 #include "kv_compressed.h"
 #include "kv_formats.h"
 #include "kv_policy.h"
@@ -578,6 +579,48 @@ void test_policy() {
   // min batch holds back small demotions
   plan = plan_tiers(u, RankKind::Direct, 10, r1, {0.25, 0.25, 0.5}, 4);
   report(plan.moves[1].empty() && plan.moves[2].size() == 4, "demotions wait for a batch");
+
+  // f16 scores (set-once / max-pooled policies): same decisions, 3 bytes per position instead of 5
+  {
+    SlotTable h;
+    h.half = true;
+    const std::vector<float> sc = {9, 1, 5, 2, 7, 0.5f, 3, 4, 0, 0};
+    h.append(10, sc.data());
+    const std::vector<int8_t> tiers = {0, 1, 1, 0, 1, 1, 1, 1, R, R};
+    for (int p = 0; p < 10; p++) h.set_tier(p, tiers[(size_t)p]);
+    h.set(6, 0.25f);  // now below position 5's 0.5
+    const std::vector<int> ev16 = pick_evictions(h, RankKind::Direct, 10, rules, 6, 0);
+    const std::vector<float> back = h.scores();
+    h.truncate(4);
+    report(ev16 == std::vector<int>({1, 3, 5, 6}) && back[6] == 0.25f && back[4] == 7.0f && h.bytes() == 4 * 3 && h.size() == 4 &&
+               h.score.empty(),
+           "f16 slot scores: same evictions, 3 bytes per position", strprintf("%lld bytes", (long long)h.bytes()));
+  }
+}
+
+// Per-row block positions: 2-byte offsets while a block spans < 65536 positions, 4 bytes past that.
+void test_row_positions() {
+  using kvc::RowPositions;
+  RowPositions r;
+  const std::vector<int32_t> near = {1000, 1003, 1100, 66535};  // span 65535: still narrow
+  r.assign(near.data(), near.size());
+  bool ok = r.to_vector() == near && r.bytes() == 8;
+  r.insert(1, 1001);
+  ok &= r.size() == 5 && r[1] == 1001 && r[4] == 66535 && r.bytes() == 10;
+  r.insert(0, 999);  // below the base: 999..66535 spans 65536 positions, so 4 bytes each
+  ok &= r.size() == 6 && r[0] == 999 && r[5] == 66535 && r.bytes() == 24;  // 999..66535 spans 65536: wide
+  r.compact({-1, 0, 1, -1, 2, -1});  // keeps 1000, 1001, 1100
+  ok &= r.to_vector() == std::vector<int32_t>({1000, 1001, 1100}) && r.bytes() == 6;
+  r.insert(3, 200000);
+  ok &= r[3] == 200000 && r[0] == 1000 && r.bytes() == 16;
+  std::vector<int32_t> buf;
+  const int32_t* d = r.data(buf);
+  ok &= d && d[0] == 1000 && d[2] == 1100 && d[3] == 200000;
+  r.compact({-1, -1, -1, -1});
+  ok &= r.empty() && r.data(buf) == nullptr && r.bytes() == 0;
+  r.insert(0, 5);
+  ok &= r.size() == 1 && r[0] == 5 && r.bytes() == 2;
+  report(ok, "row positions: 2-byte offsets, 4-byte when a block spans 65536 or more");
 }
 
 // ---- eviction, importance, tiers in a live cache ----------------------------------------------------
@@ -714,14 +757,15 @@ void test_live_policy(ThreadPool* pool) {
 }
 
 // Decode-step attention time at a long context, one layer of Llama-3.2-1B's shape (32 heads, 8 KV
-// heads, head_dim 64), per spec. Informational.
+// heads, head_dim 64; TEST_KV_TIMING_HD=128 for Llama 3 8B's), per spec. Informational.
 void timing(ThreadPool* pool, int ctx) {
-  std::printf("bytes per token per layer at %d tokens, one layer of 8 KV heads x 64 (f16: 2048)\n", ctx);
+  const int hd = std::getenv("TEST_KV_TIMING_HD") ? std::atoi(std::getenv("TEST_KV_TIMING_HD")) : 64;
+  std::printf("bytes per token per layer at %d tokens, one layer of 8 KV heads x %d (f16: %d)\n", ctx, hd, 2 * 2 * 8 * hd);
   KvShape s;
   s.n_layer = 1;
   s.n_head = 32;
   s.n_head_kv = 8;
-  s.head_dim = 64;
+  s.head_dim = hd;
   s.n_ctx = ctx + 64;
   std::vector<std::string> specs = {"f16", "q8", "q4", "q2", "balanced", "max"};
   if (const char* only = std::getenv("TEST_KV_TIMING_SPEC")) {  // ';'-separated
@@ -736,11 +780,11 @@ void timing(ThreadPool* pool, int ctx) {
   for (const std::string& sp : specs) {
     auto c = make_kv_cache(s, sp);
     for (int pos = 0; pos < ctx; pos += 256) {
-      std::vector<float> k = gauss_vec((size_t)256 * 512), v = gauss_vec((size_t)256 * 512);
+      std::vector<float> k = gauss_vec((size_t)256 * 8 * hd), v = gauss_vec((size_t)256 * 8 * hd);
       c->store(0, pos, 256, k.data(), v.data());
       c->commit(pos + 256);
     }
-    std::vector<float> q = gauss_vec(32 * 64), out(32 * 64), k = gauss_vec(512), v = gauss_vec(512);
+    std::vector<float> q = gauss_vec((size_t)32 * hd), out((size_t)32 * hd), k = gauss_vec((size_t)8 * hd), v = gauss_vec((size_t)8 * hd);
     const int reps = std::getenv("TEST_KV_TIMING_REPS") ? std::atoi(std::getenv("TEST_KV_TIMING_REPS")) : 20;
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
@@ -785,6 +829,7 @@ int main(int argc, char** argv) {
   test_accounting(&pool);
   test_truncate_and_state(&pool);
   test_policy();
+  test_row_positions();
   test_live_policy(&pool);
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
