@@ -75,7 +75,22 @@ LKV_HD int kv_value_row_bytes(int head_dim, int vbits) { return kv_planar_bytes(
 
 // ---- reference quantizers (host) --------------------------------------------------------------
 
-inline unsigned kv_quant(float x, KvQParams p, int bits);
+// Round half to even, as std::nearbyint in the default rounding mode, for |x| < 2^22; larger
+// magnitudes (and infinities) come out at least as large, which the callers' clamp to
+// [0, 2^bits - 1] maps to the same code. Plain adds, so the loops below vectorize.
+constexpr float kKvRoundMagic = 12582912.0f;  // 1.5 * 2^23
+inline float kv_round(float x) { return (x + kKvRoundMagic) - kKvRoundMagic; }
+
+// The code of x for scale s and zero z (floats of the rounded f16 params): s <= 0 gives 0.
+inline unsigned kv_quant_f(float x, float s, float z, float qmax) {
+  if (!(s > 0.0f)) return 0;
+  const float q = kv_round((x - z) / s);
+  return (unsigned)(q < 0.0f ? 0.0f : q > qmax ? qmax : q);
+}
+
+inline unsigned kv_quant(float x, KvQParams p, int bits) {
+  return kv_quant_f(x, f16_to_f32(p.scale), f16_to_f32(p.zero), (float)((1 << bits) - 1));
+}
 
 inline KvQParams kv_params_for(float lo, float hi, int bits) {
   const float qmax = (float)((1 << bits) - 1);
@@ -85,6 +100,26 @@ inline KvQParams kv_params_for(float lo, float hi, int bits) {
   return p;
 }
 
+// Sum of squared errors of quantizing x[0, n) with p (scale, zero and codes as kv_quant gives).
+inline double kv_fit_error(const float* x, int n, KvQParams p, int bits) {
+  const float s = f16_to_f32(p.scale), z = f16_to_f32(p.zero), qmax = (float)((1 << bits) - 1);
+  double e = 0;
+  if (!(s > 0.0f)) {
+    for (int i = 0; i < n; i++) {
+      const double d = (double)x[i] - (s * 0.0f + z);
+      e += d * d;
+    }
+    return e;
+  }
+  for (int i = 0; i < n; i++) {
+    float q = kv_round((x[i] - z) / s);
+    q = q < 0.0f ? 0.0f : q > qmax ? qmax : q;
+    const double d = (double)x[i] - (s * q + z);
+    e += d * d;
+  }
+  return e;
+}
+
 // Asymmetric fit of x[i*stride], i < n, skipping elements whose skip[i*stride] is set (skip may be
 // null). 8 bits: the min/max range. 4 and 2 bits: the range, shrunk about its centre by one of a
 // few factors, whose codes give the least squared error (clipping a few tail values beats
@@ -92,46 +127,29 @@ inline KvQParams kv_params_for(float lo, float hi, int bits) {
 // Scale and zero are rounded to f16 here, and codes are computed with the rounded values, so
 // dequantization reproduces exactly what the codes were fitted against.
 inline KvQParams kv_fit(const float* x, int n, int stride, int bits, const uint8_t* skip) {
+  float buf[kKvMaxGroup > kKvMaxHeadDim ? kKvMaxGroup : kKvMaxHeadDim];  // the elements fitted, contiguous
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (!(skip && skip[(size_t)i * stride])) buf[m++] = x[(size_t)i * stride];
   float lo = INFINITY, hi = -INFINITY;
-  for (int i = 0; i < n; i++) {
-    if (skip && skip[(size_t)i * stride]) continue;
-    const float v = x[(size_t)i * stride];
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
+  for (int i = 0; i < m; i++) {
+    lo = std::min(lo, buf[i]);
+    hi = std::max(hi, buf[i]);
   }
   if (!(lo <= hi)) lo = hi = 0.0f;  // every element skipped
   KvQParams best = kv_params_for(lo, hi, bits);
   if (bits >= 8 || hi == lo) return best;
-  auto err = [&](KvQParams p) {
-    const float s = f16_to_f32(p.scale), z = f16_to_f32(p.zero);
-    double e = 0;
-    for (int i = 0; i < n; i++) {
-      if (skip && skip[(size_t)i * stride]) continue;
-      const float v = x[(size_t)i * stride];
-      const double d = (double)v - (s * (float)kv_quant(v, p, bits) + z);
-      e += d * d;
-    }
-    return e;
-  };
-  double best_err = err(best);
+  double best_err = kv_fit_error(buf, m, best, bits);
   const float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo);
   for (float a : {0.9f, 0.8f, 0.7f, 0.6f, 0.5f}) {
     const KvQParams p = kv_params_for(mid - a * half, mid + a * half, bits);
-    const double e = err(p);
+    const double e = kv_fit_error(buf, m, p, bits);
     if (e < best_err) {
       best_err = e;
       best = p;
     }
   }
   return best;
-}
-
-inline unsigned kv_quant(float x, KvQParams p, int bits) {
-  const float s = f16_to_f32(p.scale), z = f16_to_f32(p.zero);
-  if (!(s > 0.0f)) return 0;
-  const float q = std::nearbyint((x - z) / s);
-  const float qmax = (float)((1 << bits) - 1);
-  return (unsigned)(q < 0.0f ? 0.0f : q > qmax ? qmax : q);
 }
 
 LKV_HD float kv_dequant(unsigned code, float scale, float zero) { return scale * (float)code + zero; }
@@ -152,7 +170,8 @@ inline void kv_quantize_keys_ref(const float* k, int n, int hd, int bits, const 
       continue;
     }
     params[c] = kv_fit(k + c, n, hd, bits, skip ? skip + c : nullptr);
-    for (int j = 0; j < n; j++) kv_planar_put(cc, n, bits, j, kv_quant(k[(size_t)j * hd + c], params[c], bits));
+    const float s = f16_to_f32(params[c].scale), z = f16_to_f32(params[c].zero), qmax = (float)((1 << bits) - 1);
+    for (int j = 0; j < n; j++) kv_planar_put(cc, n, bits, j, kv_quant_f(k[(size_t)j * hd + c], s, z, qmax));
   }
 }
 
@@ -178,8 +197,12 @@ inline void kv_quantize_value_row_ref(const float* v, int hd, int vg, int bits, 
     }
     return;
   }
-  for (int g = 0; g < hd / vg; g++) params[g] = kv_fit(v + g * vg, vg, 1, bits, skip ? skip + g * vg : nullptr);
-  for (int c = 0; c < hd; c++) kv_planar_put(codes, hd, bits, c, kv_quant(v[c], params[c / vg], bits));
+  const float qmax = (float)((1 << bits) - 1);
+  for (int g = 0; g < hd / vg; g++) {
+    params[g] = kv_fit(v + g * vg, vg, 1, bits, skip ? skip + g * vg : nullptr);
+    const float s = f16_to_f32(params[g].scale), z = f16_to_f32(params[g].zero);
+    for (int c = g * vg; c < (g + 1) * vg; c++) kv_planar_put(codes, hd, bits, c, kv_quant_f(v[c], s, z, qmax));
+  }
 }
 
 inline float kv_value_dense_ref(const KvQParams* params, const uint8_t* codes, int hd, int vg, int bits, int c) {

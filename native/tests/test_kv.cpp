@@ -766,7 +766,7 @@ void timing(ThreadPool* pool, int ctx) {
   s.n_head = 32;
   s.n_head_kv = 8;
   s.head_dim = hd;
-  s.n_ctx = ctx + 64;
+  s.n_ctx = ctx + 64 + (std::getenv("TEST_KV_TIMING_REPS") ? std::atoi(std::getenv("TEST_KV_TIMING_REPS")) : 20);
   std::vector<std::string> specs = {"f16", "q8", "q4", "q2", "balanced", "max"};
   if (const char* only = std::getenv("TEST_KV_TIMING_SPEC")) {  // ';'-separated
     specs.clear();
