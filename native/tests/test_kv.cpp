@@ -140,6 +140,24 @@ double roundtrip_budget(int bits) {
 
 void test_formats() {
   report(sizeof(KvQParams) == 4 && sizeof(KvOutlier) == 4, "layout sizes");
+  {
+    // the quantizer's add-based rounding is std::nearbyint (ties to even) below 2^22, and gives
+    // the same clamped code above it
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    int bad = 0;
+    for (int i = 0; i < 200000; i++) {
+      const float mag = std::ldexp(1.0f, (int)(g_rng() % 26));  // 1 .. 2^25
+      float x = u(g_rng) * mag;
+      if (i % 4 == 0) x = std::floor(x) + 0.5f;  // ties
+      if (std::fabs(x) < 4194304.0f && kv_round(x) != std::nearbyint(x)) bad++;
+      for (int bits : {2, 4, 8}) {
+        const float qmax = (float)((1 << bits) - 1), q = std::nearbyint(x);
+        const unsigned want = (unsigned)(q < 0.0f ? 0.0f : q > qmax ? qmax : q);
+        if (kv_quant_f(x, 1.0f, 0.0f, qmax) != want) bad++;
+      }
+    }
+    report(bad == 0, "quantizer rounding matches nearbyint", strprintf("%d mismatches", bad));
+  }
   // planar packing round trip for every bit width and awkward lengths
   bool ok = true;
   for (int bits : {8, 4, 2})
