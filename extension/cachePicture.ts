@@ -124,6 +124,7 @@ export function cacheDetailsHtml(status: StatusResult | undefined, cspSource: st
   const m = status.model;
   const rows: Array<[string, string]> = [
     ['Model', m ? `${escapeHtml(m.name)} — ${escapeHtml(m.weightType)}, ${m.nLayer} layers, ${m.nHeadKv} KV heads × ${m.headDim}, ${escapeHtml(m.backend)}` : 'none'],
+    ...(m?.backendNote ? [['Backend', escapeHtml(m.backendNote)] as [string, string]] : []),
     ['Compression', `<code>${escapeHtml(status.kvSpec)}</code>${kv.spec && kv.spec !== status.kvSpec ? ` = <code>${escapeHtml(kv.spec)}</code>` : ''} — ${bitsPerValue(kv).toFixed(2)} bits per value`],
     ['Held', `${formatBytes(kv.bytes)} (${formatCount(kv.bytes)} bytes)`],
     ['f16 would hold', `${formatBytes(kv.f16Bytes)} (${formatCount(kv.f16Bytes)} bytes)`],

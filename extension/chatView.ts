@@ -137,7 +137,9 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
       sidecarError: p.kind === 'stopped' ? p.reason : undefined,
       modelState: s?.modelState ?? 'unknown',
       modelError: s?.modelError,
-      model: s?.model ? { name: s.model.name, demo: s.model.demo, backend: s.model.backend, weightType: s.model.weightType } : null,
+      model: s?.model
+        ? { name: s.model.name, demo: s.model.demo, backend: s.model.backend, backendNote: s.model.backendNote, weightType: s.model.weightType }
+        : null,
       kvSpec: s?.kvSpec ?? '', // the preset's name; the canonical spec can be long
       notice: s?.notice,
       warnings: s?.warnings ?? [],

@@ -29,7 +29,7 @@ export interface PanelInfo {
   sidecarError?: string;
   modelState: 'none' | 'loading' | 'ready' | 'error' | 'unknown';
   modelError?: string;
-  model: { name: string; demo: boolean; backend: string; weightType: string } | null;
+  model: { name: string; demo: boolean; backend: string; backendNote?: string; weightType: string } | null;
   kvSpec: string;
   /** The sidecar's words for the user, e.g. the demo model's "answers are meaningless". */
   notice?: string;

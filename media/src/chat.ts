@@ -208,7 +208,11 @@ function renderInfo(): void {
   else if (i.model) name.textContent = i.model.name;
   else name.textContent = 'No model';
   modelLine.append(name);
-  if (i.model) modelLine.append(el('span', 'muted', ` ${i.model.weightType} · ${i.model.backend}${i.kvSpec ? ` · KV ${i.kvSpec}` : ''}`));
+  if (i.model) {
+    const detail = el('span', 'muted', ` ${i.model.weightType} · ${i.model.backend}${i.kvSpec ? ` · KV ${i.kvSpec}` : ''}`);
+    if (i.model.backendNote) detail.title = i.model.backendNote; // why CUDA is or is not in use
+    modelLine.append(detail);
+  }
   const pick = el('button', 'link', 'Select model');
   pick.type = 'button';
   pick.addEventListener('click', () => post({ type: 'command', command: 'llamakv.selectModel' }));

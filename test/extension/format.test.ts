@@ -53,7 +53,7 @@ test('the per-layer chart has one bar per layer, the tallest full height', () =>
 test('the cache details page has a strict CSP, no script, and escapes names', () => {
   const status: StatusResult = {
     version: '1', modelState: 'ready', kvSpec: 'k4v2', busy: false, kv,
-    model: { path: '/m.gguf', name: '<b>m</b>', architecture: 'llama', nLayer: 3, nEmbd: 64, nHead: 4, nHeadKv: 2, headDim: 16, nVocab: 10, contextLength: 128, fileBytes: 1, weightType: 'f32', backend: 'cpu', demo: true },
+    model: { path: '/m.gguf', name: '<b>m</b>', architecture: 'llama', nLayer: 3, nEmbd: 64, nHead: 4, nHeadKv: 2, headDim: 16, nVocab: 10, contextLength: 128, fileBytes: 1, weightType: 'f32', backend: 'cpu', backendNote: 'CUDA not used: <no driver>', demo: true },
     workspace: { root: null, state: 'ready', files: 2, tokens: 1000, leftOut: [], budgetTokens: 2000, lastPrefilledTokens: 1000, fromDisk: false },
   };
   const html = cacheDetailsHtml(status, 'https://csp.example', 'NONCE');
@@ -62,5 +62,6 @@ test('the cache details page has a strict CSP, no script, and escapes names', ()
   assert.match(html, /&lt;b&gt;m&lt;\/b&gt;/);
   assert.match(html, /Demo model/);
   assert.match(html, /8\.0 MB → 2\.0 MB/);
+  assert.match(html, /CUDA not used: &lt;no driver&gt;/); // why the backend was chosen, escaped
   assert.match(cacheDetailsHtml(undefined, 'x', 'n'), /has not reported a status yet/);
 });
