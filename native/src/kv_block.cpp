@@ -22,42 +22,41 @@ void block_row_ref(const Block& b, int hd, int vg, int j, float* k, float* v) {
   for (auto it = lo(b.vo); it != b.vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
 }
 
-void RowPositions::put_all(const int32_t* p, size_t m) {
+void RowPositions::assign(const int32_t* p, size_t m) {
   v_.clear();
   wide_ = false;
-  if (m == 0) return;
-  const int32_t lo = *std::min_element(p, p + m), hi = *std::max_element(p, p + m);
-  base_ = lo;
-  wide_ = (int64_t)hi - lo > 65535;
-  v_.resize(wide_ ? 2 * m : m);
-  for (size_t j = 0; j < m; j++) {
-    if (wide_) {
-      v_[2 * j] = (uint16_t)((uint32_t)p[j] & 0xffff);
-      v_[2 * j + 1] = (uint16_t)((uint32_t)p[j] >> 16);
-    } else {
-      v_[j] = (uint16_t)(p[j] - lo);
+  if (m > 0) {
+    const int32_t lo = *std::min_element(p, p + m), hi = *std::max_element(p, p + m);
+    base_ = lo;
+    wide_ = (int64_t)hi - lo > 65535;
+    v_.resize(wide_ ? 2 * m : m);
+    for (size_t j = 0; j < m; j++) {
+      if (wide_) {
+        v_[2 * j] = (uint16_t)((uint32_t)p[j] & 0xffff);
+        v_[2 * j + 1] = (uint16_t)((uint32_t)p[j] >> 16);
+      } else {
+        v_[j] = (uint16_t)(p[j] - lo);
+      }
     }
   }
   v_.shrink_to_fit();
 }
 
-void RowPositions::assign(const int32_t* p, size_t m) { put_all(p, m); }
-
 void RowPositions::insert(size_t j, int32_t p) {
-  std::vector<int32_t> all = to_vector();
-  all.insert(all.begin() + (ptrdiff_t)j, p);
-  if (!wide_ && !v_.empty() && p >= base_ && (int64_t)p - base_ <= 65535) {  // keeps the base
+  if (!wide_ && !v_.empty() && p >= base_ && (int64_t)p - base_ <= 65535) {  // fits the current base
     v_.insert(v_.begin() + (ptrdiff_t)j, (uint16_t)(p - base_));
     return;
   }
-  put_all(all.data(), all.size());
+  std::vector<int32_t> all = to_vector();
+  all.insert(all.begin() + (ptrdiff_t)j, p);
+  assign(all.data(), all.size());
 }
 
 void RowPositions::compact(const std::vector<int>& newrow) {
   std::vector<int32_t> all = to_vector(), kept;
   for (size_t j = 0; j < all.size(); j++)
     if (newrow[j] >= 0) kept.push_back(all[j]);
-  put_all(kept.data(), kept.size());
+  assign(kept.data(), kept.size());
 }
 
 std::vector<int32_t> RowPositions::to_vector() const {

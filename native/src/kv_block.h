@@ -36,7 +36,7 @@ class RowPositions {
   int32_t operator[](size_t j) const {
     return wide_ ? (int32_t)((uint32_t)v_[2 * j] | (uint32_t)v_[2 * j + 1] << 16) : base_ + (int32_t)v_[j];
   }
-  void assign(const int32_t* p, size_t m);
+  void assign(const int32_t* p, size_t m);  // chooses the width
   void insert(size_t j, int32_t p);
   // Keeps the positions whose newrow[j] >= 0, at index newrow[j] (ascending where kept).
   void compact(const std::vector<int>& newrow);
@@ -46,7 +46,6 @@ class RowPositions {
   int64_t bytes() const { return 2 * (int64_t)v_.size(); }
 
  private:
-  void put_all(const int32_t* p, size_t m);  // chooses the width
   std::vector<uint16_t> v_;  // offsets from base_, or (wide_) each position as two halves, low first
   int32_t base_ = 0;
   bool wide_ = false;
