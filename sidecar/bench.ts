@@ -698,8 +698,10 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const chainContexts = (m: BenchModel) => o.contexts.filter((c) => c > SHORT_LIMIT && (c <= MID_LIMIT || isLong(m)));
   /** Restoring a saved context: reading the file (a guess until one was timed). */
   const RESTORE_EST_MS = 15000;
-  const cachedAll = (m: BenchModel, c: number) =>
-    o.stateCache && c > MID_LIMIT && rowsOf.get(m)!.every((r) => fs.existsSync(stateFile(m, r.config, c)));
+  const hasState = (r: Row, c: number) => o.stateCache && c > MID_LIMIT && fs.existsSync(stateFile(r.model, r.config, c));
+  /** Cost of bringing the rows from `from` to c tokens: restoring the rows with a saved state, filling the rest. */
+  const reachCost = (rows: Row[], from: number, c: number) =>
+    rows.reduce((s, r) => s + (hasState(r, c) ? RESTORE_EST_MS : estFillMs(r, from, c)), 0);
 
   /** Estimated cost of a model's chain up to context `reach` (one run of each long prefill). */
   const chainCost = (m: BenchModel, reach: number): number => {
@@ -711,7 +713,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
       len = p;
     }
     for (const c of chainContexts(m).filter((c) => c <= reach && fits(m, c))) {
-      cost += cachedAll(m, c) ? rows.length * RESTORE_EST_MS : rows.reduce((s, r) => s + estFillMs(r, Math.min(len, c), c), 0);
+      cost += reachCost(rows, Math.min(len, c), c);
       cost += decodeCost(rows, c, o.reps);
       len = c;
     }
@@ -777,16 +779,17 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     for (const p of prefills) ok = (await prefillMeasure(rows, p, 0, 1, reserveMs)) && ok;
     let len = prefills.length ? prefills[prefills.length - 1] : 0;
     for (const c of want) {
-      const cached = cachedAll(m, c);
-      const est = (cached ? rows.length * RESTORE_EST_MS : rows.reduce((s, r) => s + estFillMs(r, Math.min(len, c), c), 0)) + decodeCost(rows, c, o.reps);
+      // rows with a state saved by an earlier run restore it; the others fill (and save theirs)
+      const saved = rows.filter((r) => hasState(r, c)), fill = rows.filter((r) => !hasState(r, c));
+      const est = reachCost(rows, Math.min(len, c), c) + decodeCost(rows, c, o.reps);
       if (c > reach || !ok || est + reserveMs > budgetLeft()) {
-        note(`${m.label}: decode @${c} skipped (${cached ? 'restoring' : 'filling'} and decoding need ~${minutes(est)}${reserveMs ? ` + ${minutes(reserveMs)} kept for other models` : ''}, ${minutes(budgetLeft())} left)`);
+        note(`${m.label}: decode @${c} skipped (${fill.length ? 'filling' : 'restoring'} and decoding need ~${minutes(est)}${reserveMs ? ` + ${minutes(reserveMs)} kept for other models` : ''}, ${minutes(budgetLeft())} left)`);
         break;
       }
-      if (cached) await restore(rows, c);
-      else {
-        await extend(rows, c);
-        await save(rows, c);
+      if (saved.length) await restore(saved, c);
+      if (fill.length) {
+        await extend(fill, c);
+        await save(fill, c);
       }
       await decodeMeasure(rows, c);
       len = c;
