@@ -29,18 +29,6 @@ struct AttnParams {
   float scale_log2;    // log2(e) / sqrt(HD)
 };
 
-// 8 f16 values (16-byte aligned) to float; bits are taken apart with shifts, not by punning a
-// local through another type (undefined behaviour the optimizer may exploit)
-__device__ __forceinline__ void load8_f16(const __half* p, float* f) {
-  const uint4 u = *(const uint4*)p;
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    f[2 * k] = f16_bits_to_f32((uint16_t)(w[k] & 0xFFFF));
-    f[2 * k + 1] = f16_bits_to_f32((uint16_t)(w[k] >> 16));
-  }
-}
-
 // Thread tid owns dims 8*(tid % L) .. +8 of the key (and value) row tid / L of each pass, L = HD/8:
 // the L threads of a row are adjacent lanes, so a warp reads 32/L whole consecutive rows.
 template <int HD, int GMAX>

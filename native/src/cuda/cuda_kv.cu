@@ -307,14 +307,7 @@ __device__ __forceinline__ void kv_load_key8(const KvDevView& kv, const uint8_t*
                                              int c0, float* f) {
   const KvDevLayout& L = kv.L;
   if (p >= nbG) {
-    const __half* row = hres + (size_t)ring_slot(p, kv.cap) * L.hd + c0;
-    const uint4 u = *(const uint4*)row;
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      f[2 * k] = f16_bits_to_f32((uint16_t)(w[k] & 0xFFFF));
-      f[2 * k + 1] = f16_bits_to_f32((uint16_t)(w[k] >> 16));
-    }
+    load8_f16(hres + (size_t)ring_slot(p, kv.cap) * L.hd + c0, f);
     return;
   }
   const int b = p / L.G, j = p - b * L.G;
@@ -339,14 +332,7 @@ __device__ __forceinline__ void kv_load_value8(const KvDevView& kv, const uint8_
                                                int c0, float* f) {
   const KvDevLayout& L = kv.L;
   if (p >= nbG) {
-    const __half* row = hres + (size_t)ring_slot(p, kv.cap) * L.hd + c0;
-    const uint4 u = *(const uint4*)row;
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      f[2 * k] = f16_bits_to_f32((uint16_t)(w[k] & 0xFFFF));
-      f[2 * k + 1] = f16_bits_to_f32((uint16_t)(w[k] >> 16));
-    }
+    load8_f16(hres + (size_t)ring_slot(p, kv.cap) * L.hd + c0, f);
     return;
   }
   const int b = p / L.G, j = p - b * L.G;
