@@ -65,7 +65,7 @@ class CompressedKvCache final : public KvCache {
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
     for (Head& H : heads_) {
       if (spec_.policy == KvPolicy::Agnostic && spec_.managed()) H.kmean.assign((size_t)hd, 0.0f);
-      H.table.half = spec_.policy != KvPolicy::H2O;
+      H.table.half = spec_.policy == KvPolicy::Agnostic;  // a score set once, never accumulated
     }
     len_.assign((size_t)s.n_layer, 0);
     for (const KvTier& t : spec_.tiers) fracs_.push_back(t.frac);

@@ -15,8 +15,9 @@ struct SlotTable {
   static constexpr int8_t kResidual = 127;  // held in the f16 residual window, no tier yet
   std::vector<int8_t> tier;                 // kEvicted, kResidual or a tier index (0 = most bits)
   int held = 0;                             // positions not evicted
-  // Importance (meaning set by the policy). Sums of attention (H2O) need f32; a score set once or
-  // max-pooled (key distinctiveness, SnapKV) is ranked just as well at f16, at half the bytes.
+  // Importance (meaning set by the policy). Attention sums and maxima (H2O, SnapKV) keep f32; a
+  // score set once when the key is stored (key distinctiveness) is ranked as well at f16, at
+  // half the bytes.
   bool half = false;                        // set before the first append
   std::vector<float> score;                 // f32 scores (!half)
   std::vector<uint16_t> score_h;            // f16 scores (half)
