@@ -12,7 +12,7 @@ const buildDir = path.join(repoRoot, 'build', 'native-tests');
 
 function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}) {
   const r = spawnSync(cmd, args, { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, ...opts.env }, timeout: opts.timeoutMs ?? 600_000 });
-  return { code: r.status, out: (r.stdout ?? '') + (r.stderr ?? '') };
+  return { code: r.status, signal: r.signal, out: (r.stdout ?? '') + (r.stderr ?? '') };
 }
 
 test('C++ test programs build', () => {
@@ -34,7 +34,12 @@ for (const name of programs) {
     const r = run(exe, []);
     const summary = r.out.trim().split('\n').filter((l) => /\d+ passed, \d+ failed/.test(l)).pop();
     console.log(`${name}: ${summary ?? '(no summary)'}`);
-    assert.equal(r.code, 0, r.out.slice(-6000));
+    // what a failed run needs to be reproduced: the first line (the programs print their seed
+    // there), every FAIL line wherever it is, how the process ended, then the tail
+    const lines = r.out.split('\n');
+    const failures = lines.filter((l) => l.startsWith('FAIL')).slice(0, 40);
+    const why = [lines[0], ...failures, `exit code ${r.code}${r.signal ? `, signal ${r.signal}` : ''}`, '--- tail:', r.out.slice(-3000)];
+    assert.equal(r.code, 0, why.join('\n'));
     assert.match(summary ?? '', /\d+ passed, 0 failed/);
   });
 }

@@ -209,7 +209,20 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
     const Case cases[] = {{37, 256, 77}, {9, 16640, 6}, {5, 16640, 1}};
     for (const Case& c : cases) {
       if (c.cols % ggml_block_size(type)) continue;
-      MatmulResult r = check_matmul(k, type, c.rows, c.cols, c.n_tok, false, pool2);
+      // The budgets are RMS over many outputs; an RMS of 5 outputs scatters by +-50%, so
+      // cases with few outputs are repeated on fresh inputs until >= 64 outputs are pooled
+      // (with 5 outputs the Q8_0 case exceeded its budget in about 1 run of 50).
+      MatmulResult r;
+      double e2 = 0;
+      while (r.n_out < 64) {
+        MatmulResult one = check_matmul(k, type, c.rows, c.cols, c.n_tok, false, pool2);
+        e2 += one.err2_sum;
+        r.n_out += one.n_out;
+        if (!(one.err_max <= r.err_max)) r.err_max = one.err_max;
+        r.finite &= one.finite;
+        r.guards &= one.guards;
+      }
+      r.err_rms = std::sqrt(e2 / r.n_out);
       // float accumulation error grows like sqrt(terms): the 2k-term budget scaled for long rows
       const double budget = matmul_budget(type) * (matmul_budget(type) < 1e-4 ? std::sqrt(std::max(1.0, c.cols / 2048.0)) : 1.0);
       const bool ok = r.finite && r.guards && r.err_rms <= budget && r.err_max <= 6 * budget;
