@@ -676,6 +676,10 @@ class CompressedKvCache final : public KvCache {
       std::vector<std::vector<float>> raw(keep ? (size_t)rows : 0);  // [row][visible row index]
       std::vector<int32_t> raw_pos;
       const int32_t* tile_pos = nullptr;
+      // One group of query rows (decode): blocks are read straight from their codes where the ops
+      // can (decoding a float tile pays off only when several row groups share it).
+      const bool from_codes = rows <= kRows;
+      bool fk = false, fv = false;  // this block's keys / values read from codes
       auto consume = [&](int nk, const uint16_t* kr) {
         for (int r0 = 0; r0 < rows; r0 += kRows) {
           const int R = std::min(kRows, rows - r0);
@@ -686,7 +690,8 @@ class CompressedKvCache final : public KvCache {
             ops.scores_rows(qr.data() + (size_t)r0 * hd, R, kr, hd, ts_, upto, s.data(), scale);
           } else {
             fold_keys(ksc.data(), kz.data(), qr.data() + (size_t)r0 * hd, R, hd, qf.data(), bias);
-            ops.scores_t(qf.data(), R, kt.data(), hd, ts_, upto, s.data(), scale, bias);
+            if (fk) ops.scores_codes(*blk, qf.data(), R, hd, ts_, s.data(), scale, bias);
+            else ops.scores_t(qf.data(), R, kt.data(), hd, ts_, upto, s.data(), scale, bias);
             add_outlier_scores(*blk, qr.data() + (size_t)r0 * hd, R, hd, s.data(), ts_, scale);
           }
           if (keep) {  // one query: every row sees the same vis[0] rows of this tile
@@ -698,14 +703,17 @@ class CompressedKvCache final : public KvCache {
           }
           for (int r = 0; r < R; r++)
             ops.softmax(s.data() + (size_t)r * ts_, vis[r0 + r], upto, m[r0 + r], l[r0 + r], o.data() + (size_t)(r0 + r) * hd, hd);
-          ops.accum(s.data(), R, ts_, upto, vt.data(), hd, o.data() + (size_t)r0 * hd);
+          if (fv && !kr) ops.accum_codes(*blk, s.data(), R, ts_, upto, hd, vg_, vt.data(), o.data() + (size_t)r0 * hd);
+          else ops.accum(s.data(), R, ts_, upto, vt.data(), hd, o.data() + (size_t)r0 * hd);
         }
         (void)nk;
       };
       for (const Block& b : H.blocks) {  // every block precedes the queries: no mask
         if (b.n == 0) continue;
-        ops.decode_keys(b, hd, kt.data(), ts_);
-        ops.decode_values(b, hd, vg_, vt.data());
+        fk = from_codes && ops.scores_codes && b.kbits < 16;
+        fv = from_codes && ops.accum_codes && values_fit(hd, vg_, b.vbits);
+        if (!fk) ops.decode_keys(b, hd, kt.data(), ts_);
+        if (!fv) ops.decode_values(b, hd, vg_, vt.data());
         blk = &b;
         tile_pos = keep ? b.pos.data(posbuf) : nullptr;
         key_params(b, hd, ksc.data(), kz.data());

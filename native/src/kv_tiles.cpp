@@ -164,7 +164,7 @@ LKV_CLONES void softmax_step_generic(float* __restrict s, int vis, int upto, flo
 }
 
 const TileOps kGenericOps = {"generic", decode_keys_generic, decode_values_generic, decode_rows_generic,
-                             scores_t_generic, scores_rows_generic, accum_generic, softmax_step_generic};
+                             scores_t_generic, scores_rows_generic, accum_generic, softmax_step_generic, nullptr, nullptr};
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // GCC 12 warns about the deliberately undefined pass-through of masked loads.
@@ -412,8 +412,156 @@ LKV_AVX2 void softmax_step_avx2(float* __restrict s, int vis, int upto, float& m
   }
 }
 
-const TileOps kAvx2Ops = {"avx2", decode_keys_avx2, decode_values_avx2, decode_rows_avx2,
-                          scores_t_avx2, scores_rows_avx2, accum_avx2, softmax_step_avx2};
+// 16 codes of one plane from 16 bytes, as floats: the bytes shifted (16-bit lanes: what crosses
+// into a byte from its neighbour is masked off) and masked, then widened.
+LKV_AVX2 inline void codes16(const uint8_t* src, __m128i cnt, __m128i bmask, __m256& lo, __m256& hi) {
+  const __m128i x = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i*)src), cnt), bmask);
+  lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
+  hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(x, x)));
+}
+
+// Four query rows (q folded: scale and zero in qf and bias) against 16 keys of one plane per
+// step, read from the codes. A step may run past its plane's S keys: those lanes land on indices
+// the next plane owns (it is processed later and overwrites them) or on indices >= n (< ts, never
+// read). Only the last channel's bytes past S would lie past the buffer: that step reads a copy.
+LKV_AVX2 void scores_codes_avx2(const Block& b, const float* __restrict qf, int R, int hd, int ts, float* __restrict s,
+                                float scale, const float* __restrict bias) {
+  const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits), per = 8 / bits;
+  const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
+  const __m256 vs = _mm256_set1_ps(scale);
+  const float* q0 = qf;
+  const float* q1 = qf + (size_t)std::min(1, R - 1) * hd;
+  const float* q2 = qf + (size_t)std::min(2, R - 1) * hd;
+  const float* q3 = qf + (size_t)std::min(3, R - 1) * hd;
+  const uint8_t* kc = b.kc.data();
+  for (int t = 0; t < per; t++) {
+    const __m128i cnt = _mm_cvtsi32_si128(bits * t);
+    for (int k = 0; k < S; k += 16) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      const int full = k + 16 <= S ? hd : hd - 1;
+      alignas(16) uint8_t tail[16] = {};
+      if (full < hd) std::memcpy(tail, kc + (size_t)(hd - 1) * S + k, (size_t)(S - k));
+      for (int c = 0; c < hd; c++) {
+        __m256 x, y;
+        codes16(c < full ? kc + (size_t)c * S + k : tail, cnt, bmask, x, y);
+        __m256 w = _mm256_broadcast_ss(q0 + c);
+        a0 = _mm256_fmadd_ps(w, x, a0);
+        b0 = _mm256_fmadd_ps(w, y, b0);
+        w = _mm256_broadcast_ss(q1 + c);
+        a1 = _mm256_fmadd_ps(w, x, a1);
+        b1 = _mm256_fmadd_ps(w, y, b1);
+        w = _mm256_broadcast_ss(q2 + c);
+        a2 = _mm256_fmadd_ps(w, x, a2);
+        b2 = _mm256_fmadd_ps(w, y, b2);
+        w = _mm256_broadcast_ss(q3 + c);
+        a3 = _mm256_fmadd_ps(w, x, a3);
+        b3 = _mm256_fmadd_ps(w, y, b3);
+      }
+      const __m256 acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+      float* dst = s + t * S + k;
+      for (int r = 0; r < R; r++) {
+        const __m256 bs = _mm256_set1_ps(bias[r]);
+        _mm256_storeu_ps(dst + (size_t)r * ts, _mm256_mul_ps(_mm256_add_ps(acc[r][0], bs), vs));
+        _mm256_storeu_ps(dst + (size_t)r * ts + 8, _mm256_mul_ps(_mm256_add_ps(acc[r][1], bs), vs));
+      }
+    }
+  }
+}
+
+// o_r += sum_j p_rj * (scale_jg * code_jc + zero_jg) as sum_j (p_rj * scale_jg) * (code_jc - mid)
+// plus sum_j p_rj * (zero_jg + scale_jg * mid) per group: 16 channels of one plane (and one group)
+// per step, the codes read once for all four rows. The codes are centred (mid = half the code
+// range) so that the sums hold the signal, not a large offset that cancels at the end. Needs
+// values_fit.
+LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R, int ts, int nk, int hd, int vg,
+                               float* __restrict scratch, float* __restrict o) {
+  const int bits = b.vbits, S = kv_value_row_bytes(hd, bits), ng = hd / vg, per = 8 / bits;
+  float* W = scratch;  // [g][kRows][j]: p_rj * scale_jg (0 for rows >= R)
+  float Z[kRows][kKvMaxHeadDim / 16] = {};
+  const float mid = 0.5f * (float)((1 << bits) - 1);
+  auto wrow = [&](int g, int r) { return W + ((size_t)g * kRows + r) * nk; };
+  int j0 = 0;
+  if (ng == 1) {  // one group per row: 8 rows' params at a time
+    const __m256i lo16 = _mm256_set1_epi32(0xffff);
+    const __m256 vm = _mm256_set1_ps(mid);
+    __m256 zacc[kRows] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; j0 + 8 <= nk; j0 += 8) {
+      const __m256i prm = _mm256_loadu_si256((const __m256i*)(b.vp.data() + j0));  // {scale, zero} x 8
+      // [s0..s3 z0..z3 | s4..s7 z4..z7] -> [s0..s7 | z0..z7]
+      const __m256i packed = _mm256_permute4x64_epi64(
+          _mm256_packus_epi32(_mm256_and_si256(prm, lo16), _mm256_srli_epi32(prm, 16)), 0xD8);
+      const __m256 sc = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
+      const __m256 z = _mm256_fmadd_ps(sc, vm, _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1)));
+      for (int r = 0; r < R; r++) {
+        const __m256 pv = _mm256_loadu_ps(p + (size_t)r * ts + j0);
+        _mm256_storeu_ps(wrow(0, r) + j0, _mm256_mul_ps(pv, sc));
+        zacc[r] = _mm256_fmadd_ps(pv, z, zacc[r]);
+      }
+    }
+    for (int r = 0; r < R; r++) Z[r][0] = hsum8(zacc[r]);
+  }
+  for (int j = j0; j < nk; j++) {
+    const KvQParams* pp = b.vp.data() + (size_t)j * ng;
+    for (int g = 0; g < ng; g++) {
+      const float sc = half_fast(pp[g].scale), z = half_fast(pp[g].zero) + sc * mid;
+      for (int r = 0; r < R; r++) {
+        const float pr = p[(size_t)r * ts + j];
+        wrow(g, r)[j] = pr * sc;
+        Z[r][g] += pr * z;
+      }
+    }
+  }
+  for (int r = R; r < kRows; r++)
+    for (int g = 0; g < ng; g++) std::fill(wrow(g, r), wrow(g, r) + nk, 0.0f);
+  const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
+  const __m256 vmid = _mm256_set1_ps(mid);
+  for (int t = 0; t < per; t++) {
+    const __m128i cnt = _mm_cvtsi32_si128(bits * t);
+    for (int k = 0; k < S; k += 16) {
+      const int c0 = t * S + k, g = c0 / vg;
+      __m256 acc[kRows][2];
+      for (int r = 0; r < kRows; r++)
+        for (int u = 0; u < 2; u++) acc[r][u] = r < R ? _mm256_loadu_ps(o + (size_t)r * hd + c0 + 8 * u) : _mm256_setzero_ps();
+      __m256 a0 = acc[0][0], b0 = acc[0][1], a1 = acc[1][0], b1 = acc[1][1], a2 = acc[2][0], b2 = acc[2][1], a3 = acc[3][0],
+             b3 = acc[3][1];
+      const uint8_t* src = b.vc.data() + k;
+      const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
+      for (int j = 0; j < nk; j++, src += S) {
+        __m256 x, y;
+        codes16(src, cnt, bmask, x, y);
+        x = _mm256_sub_ps(x, vmid);
+        y = _mm256_sub_ps(y, vmid);
+        __m256 wr = _mm256_broadcast_ss(w0 + j);
+        a0 = _mm256_fmadd_ps(wr, x, a0);
+        b0 = _mm256_fmadd_ps(wr, y, b0);
+        wr = _mm256_broadcast_ss(w1 + j);
+        a1 = _mm256_fmadd_ps(wr, x, a1);
+        b1 = _mm256_fmadd_ps(wr, y, b1);
+        wr = _mm256_broadcast_ss(w2 + j);
+        a2 = _mm256_fmadd_ps(wr, x, a2);
+        b2 = _mm256_fmadd_ps(wr, y, b2);
+        wr = _mm256_broadcast_ss(w3 + j);
+        a3 = _mm256_fmadd_ps(wr, x, a3);
+        b3 = _mm256_fmadd_ps(wr, y, b3);
+      }
+      const __m256 out[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+      for (int r = 0; r < R; r++) {
+        const __m256 zr = _mm256_set1_ps(Z[r][g]);
+        _mm256_storeu_ps(o + (size_t)r * hd + c0, _mm256_add_ps(out[r][0], zr));
+        _mm256_storeu_ps(o + (size_t)r * hd + c0 + 8, _mm256_add_ps(out[r][1], zr));
+      }
+    }
+  }
+  for (const KvOutlier& v : b.vo) {  // exact deltas on top of the dense codes
+    const int j = v.index / hd, c = v.index % hd;
+    if (j >= nk) continue;
+    const float d = f16_to_f32(v.delta);
+    for (int r = 0; r < R; r++) o[(size_t)r * hd + c] += p[(size_t)r * ts + j] * d;
+  }
+}
+
+const TileOps kAvx2Ops = {"avx2", decode_keys_avx2, decode_values_avx2, decode_rows_avx2, scores_t_avx2, scores_rows_avx2,
+                          accum_avx2, softmax_step_avx2, scores_codes_avx2, accum_codes_avx2};
 
 #define LKV_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 
@@ -568,7 +716,7 @@ LKV_AVX512 void accum_avx512(const float* __restrict p, int R, int ts, int nk, c
 }
 
 const TileOps kAvx512Ops = {"avx512", decode_keys_avx512, decode_values_avx512, decode_rows_avx512,
-                            scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx2};
+                            scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx2, nullptr, nullptr};
 #pragma GCC diagnostic pop
 #endif
 

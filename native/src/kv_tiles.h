@@ -33,7 +33,16 @@ struct TileOps {
   void (*accum)(const float* p, int R, int ts, int nk, const float* vt, int hd, float* o);
   // online-softmax step of one query row (see softmax_step_generic)
   void (*softmax)(float* s, int vis, int upto, float& m, float& l, float* o, int hd);
+  // Decode (R <= kRows query rows) without a float tile, or nullptr: the block's quantized keys
+  // straight from their codes (kbits < 16), s as scores_t with q folded; and its quantized values
+  // (vbits < 16, where values_fit) straight into o, each row's scale and zero folded into the
+  // probabilities (scratch: nk * (hd / vg) * kRows floats).
+  void (*scores_codes)(const Block& b, const float* qf, int R, int hd, int ts, float* s, float scale, const float* bias);
+  void (*accum_codes)(const Block& b, const float* p, int R, int ts, int nk, int hd, int vg, float* scratch, float* o);
 };
+
+// Whether accum_codes takes a block with these value bits: planes and groups of whole 16-channel steps.
+inline bool values_fit(int hd, int vg, int vbits) { return vbits < 16 && vg % 16 == 0 && (hd / (8 / vbits)) % 16 == 0; }
 
 // A block's per-channel key scale and zero as floats (16 bits: 1 and 0).
 // The fastest ops this CPU and this cache's layout allow; the plain ones.

@@ -323,8 +323,11 @@ void test_attention(ThreadPool* pool) {
       {"k4,v4,g32,vg32,r16,rot", 4},      {"k4,v4,g64,vg16,r32,norot", 4}, {"k2,v2,g32,vg32,r16,rot", 2},
       {"k2,v2,g64,vg32,r128,rot,o0.02", 2}, {"k4,v2,g16,vg64,r8,rot,o0.01", 2}, {"k8,v4,g128,vg32,r0,norot", 4},
   };
+  for (int group : {2, 4})  // one query row group per decode step (2 or 4 heads per KV head): read from codes
   for (const Case& cs : cases) {
-    Driver d(test_shape(600), cs.spec, pool);
+    KvShape shape = test_shape(600);
+    shape.n_head = shape.n_head_kv * group;
+    Driver d(shape, cs.spec, pool);
     double worst_ref = 0, worst_deq = 0, worst_orig = 0, worst_generic = 0;
     const std::string ops = kvtest::ops_name(d.cache.get());
     const int chunks[] = {37, 100, 1, 1, 64, 3, 130, 1, 1, 1, 90};
@@ -354,11 +357,12 @@ void test_attention(ThreadPool* pool) {
     }
     // (a), (b): the same dequantized numbers, float vs double sums and exp_approx (4e-6): 1e-4.
     report(worst_ref < 1e-4 && worst_deq < 1e-4 && worst_generic < 1e-4,
-           std::string("attention = reference on dequantized rows: ") + cs.spec,
+           strprintf("attention = reference on dequantized rows (group %d): %s", group, cs.spec),
            strprintf("max err %.3g (%s vs plain path), %.3g (generic kernels), %.3g (attention_reference)", worst_ref, ops.c_str(),
                      worst_generic, worst_deq));
     const double b = attention_budget(cs.bits);
-    report(worst_orig < b, std::string("attention vs f32 original: ") + cs.spec, strprintf("rms err %.4g budget %.3g", worst_orig, b));
+    report(worst_orig < b, strprintf("attention vs f32 original (group %d): %s", group, cs.spec),
+           strprintf("rms err %.4g budget %.3g", worst_orig, b));
   }
 }
 
@@ -727,7 +731,9 @@ void test_live_policy(ThreadPool* pool) {
   // Budget: held <= budget + slack; sinks and recent always held; attention = reference on held rows.
   for (const char* sp : {"k4,v4,g16,vg32,r8,rot,b0.5,s4,w16,h2o", "k2,v2,g16,r8,b64,s4,w16,snapkv,ow8",
                          "t8:0.2/4:0.3/2,g16,r8,b0.6,s4,w16,agnostic,o0.01"}) {
-    Driver d(test_shape(800), sp, pool);
+    KvShape shape = test_shape(800);
+    shape.n_head = 4 * shape.n_head_kv;  // decode steps: one group of 4 query rows per KV head
+    Driver d(shape, sp, pool);
     const KvSpec spec = parse_kv_spec(sp);
     double worst = 0;
     bool bounded = true, kept = true, monotone = true;
@@ -740,7 +746,7 @@ void test_live_policy(ThreadPool* pool) {
       worst = std::max(worst, rel_max(out, ref));
     };
     for (int step = 0; step < 12; step++) {
-      d.chunk(step % 3 == 0 ? 97 : 5, check);
+      d.chunk(step % 3 == 0 ? 97 : step % 3 == 1 ? 5 : 1, check);  // 1: decode reads blocks from their codes
       const int n = d.cache->n_tokens();
       const int budget = spec.budget_tokens > 0 ? spec.budget_tokens : (int)std::ceil(spec.budget_frac * n);
       for (int l = 0; l < 2; l++)
