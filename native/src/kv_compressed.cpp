@@ -656,7 +656,14 @@ class CompressedKvCache final : public KvCache {
       const int i0 = qt * QT, i1 = std::min(n, i0 + QT), rows = (i1 - i0) * group;
       const Head& H = heads_[(size_t)layer * s_.n_head_kv + hk];
       const TileOps& ops = *ops_;
-      std::vector<float> kt((size_t)hd * ts_), vt((size_t)ts_ * hd), s((size_t)kRows * ts_), qr((size_t)rows * hd);
+      // Tile buffers (80 KB at head_dim 64) live per thread across calls: zeroing fresh ones for
+      // every head of every layer of every decoded token cost more than some kernels. Whatever
+      // they hold from before is finite and never read before being written.
+      thread_local std::vector<float> kt, vt, s;
+      for (auto [v, size] : {std::pair<std::vector<float>*, size_t>{&kt, (size_t)hd * ts_}, {&vt, (size_t)ts_ * hd},
+                             {&s, (size_t)kRows * ts_}})
+        if (v->size() < size) v->resize(size);
+      std::vector<float> qr((size_t)rows * hd);
       std::vector<float> m((size_t)rows, -INFINITY), l((size_t)rows, 0.0f), o((size_t)rows * hd, 0.0f);
       std::vector<int> vis((size_t)rows);
       for (int i = i0; i < i1; i++)

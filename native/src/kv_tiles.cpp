@@ -12,10 +12,16 @@
 namespace lkv {
 namespace kvc {
 
-void key_params(const Block& b, int hd, float* sc, float* z) {
-  for (int c = 0; c < hd; c++) {
-    sc[c] = b.kbits == 16 ? 1.0f : half_fast(b.kp[c].scale);
-    z[c] = b.kbits == 16 ? 0.0f : half_fast(b.kp[c].zero);
+LKV_CLONES void key_params(const Block& b, int hd, float* __restrict sc, float* __restrict z) {
+  if (b.kbits == 16) {
+    std::fill(sc, sc + hd, 1.0f);
+    std::fill(z, z + hd, 0.0f);
+    return;
+  }
+  const KvQParams* p = b.kp.data();
+  for (int c = 0; c < hd; c++) {  // branch-free: the compiler vectorizes it per clone
+    sc[c] = half_fast(p[c].scale);
+    z[c] = half_fast(p[c].zero);
   }
 }
 
