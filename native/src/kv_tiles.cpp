@@ -185,6 +185,53 @@ LKV_AVX2 inline __m256 dq8(__m256i bytes, __m128i cnt, __m256i mask, __m256 sc, 
 }
 LKV_AVX2 inline __m256i load8u(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
 
+// Four query rows x 16 lanes of accumulators (named members, so GCC keeps them in registers):
+// the register tile of the AVX2 score and accumulation loops.
+struct Tile4x2 {
+  __m256 a0, b0, a1, b1, a2, b2, a3, b3;
+  // row r += w_r * (x, y) for the four rows' scalars w0..w3
+  LKV_AVX2 inline void fma(__m256 x, __m256 y, const float* w0, const float* w1, const float* w2, const float* w3) {
+    __m256 w = _mm256_broadcast_ss(w0);
+    a0 = _mm256_fmadd_ps(w, x, a0);
+    b0 = _mm256_fmadd_ps(w, y, b0);
+    w = _mm256_broadcast_ss(w1);
+    a1 = _mm256_fmadd_ps(w, x, a1);
+    b1 = _mm256_fmadd_ps(w, y, b1);
+    w = _mm256_broadcast_ss(w2);
+    a2 = _mm256_fmadd_ps(w, x, a2);
+    b2 = _mm256_fmadd_ps(w, y, b2);
+    w = _mm256_broadcast_ss(w3);
+    a3 = _mm256_fmadd_ps(w, x, a3);
+    b3 = _mm256_fmadd_ps(w, y, b3);
+  }
+  // row r of s (ts apart) = scale * (acc_r + bias_r), 16 lanes, rows < R
+  LKV_AVX2 inline void store_scores(float* s, int R, int ts, const float* bias, float scale) const {
+    const __m256 acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (int r = 0; r < R; r++) {
+      const __m256 bs = _mm256_set1_ps(bias ? bias[r] : 0.0f);
+      _mm256_storeu_ps(s + (size_t)r * ts, _mm256_mul_ps(_mm256_add_ps(acc[r][0], bs), vs));
+      _mm256_storeu_ps(s + (size_t)r * ts + 8, _mm256_mul_ps(_mm256_add_ps(acc[r][1], bs), vs));
+    }
+  }
+  // rows < R from / to o (hd apart), 16 channels; rows >= R read as zero; add: to every lane of row r
+  LKV_AVX2 inline void load(const float* o, int R, int hd) {
+    const __m256 z = _mm256_setzero_ps();
+    a0 = _mm256_loadu_ps(o), b0 = _mm256_loadu_ps(o + 8);
+    a1 = R > 1 ? _mm256_loadu_ps(o + hd) : z, b1 = R > 1 ? _mm256_loadu_ps(o + hd + 8) : z;
+    a2 = R > 2 ? _mm256_loadu_ps(o + 2 * (size_t)hd) : z, b2 = R > 2 ? _mm256_loadu_ps(o + 2 * (size_t)hd + 8) : z;
+    a3 = R > 3 ? _mm256_loadu_ps(o + 3 * (size_t)hd) : z, b3 = R > 3 ? _mm256_loadu_ps(o + 3 * (size_t)hd + 8) : z;
+  }
+  LKV_AVX2 inline void store(float* o, int R, int hd, const float* add = nullptr) const {
+    const __m256 acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+    for (int r = 0; r < R; r++) {
+      const __m256 d = _mm256_set1_ps(add ? add[r] : 0.0f);
+      _mm256_storeu_ps(o + (size_t)r * hd, add ? _mm256_add_ps(acc[r][0], d) : acc[r][0]);
+      _mm256_storeu_ps(o + (size_t)r * hd + 8, add ? _mm256_add_ps(acc[r][1], d) : acc[r][1]);
+    }
+  }
+};
+
 LKV_AVX2 void decode_keys_avx2(const Block& b, int hd, float* __restrict kt, int ts) {
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits);
   if (bits == 16) {
@@ -265,35 +312,16 @@ LKV_AVX2 void decode_rows_avx2(const uint16_t* __restrict src, int nk, int hd, f
 // (ts >= nk rounded up to 32), and lanes past nk are never read.
 LKV_AVX2 void scores_t_avx2(const float* __restrict q, int R, const float* __restrict kt, int hd, int ts, int nk,
                             float* __restrict s, float scale, const float* __restrict bias) {
-  const __m256 vs = _mm256_set1_ps(scale);
   const float* q0 = q;
   const float* q1 = q + (size_t)std::min(1, R - 1) * hd;
   const float* q2 = q + (size_t)std::min(2, R - 1) * hd;
   const float* q3 = q + (size_t)std::min(3, R - 1) * hd;
   for (int j = 0; j < nk; j += 16) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    Tile4x2 t{};
     const float* col = kt + j;
-    for (int c = 0; c < hd; c++) {
-      const __m256 x = _mm256_loadu_ps(col + (size_t)c * ts), y = _mm256_loadu_ps(col + (size_t)c * ts + 8);
-      __m256 w = _mm256_broadcast_ss(q0 + c);
-      a0 = _mm256_fmadd_ps(w, x, a0);
-      b0 = _mm256_fmadd_ps(w, y, b0);
-      w = _mm256_broadcast_ss(q1 + c);
-      a1 = _mm256_fmadd_ps(w, x, a1);
-      b1 = _mm256_fmadd_ps(w, y, b1);
-      w = _mm256_broadcast_ss(q2 + c);
-      a2 = _mm256_fmadd_ps(w, x, a2);
-      b2 = _mm256_fmadd_ps(w, y, b2);
-      w = _mm256_broadcast_ss(q3 + c);
-      a3 = _mm256_fmadd_ps(w, x, a3);
-      b3 = _mm256_fmadd_ps(w, y, b3);
-    }
-    const __m256 acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
-    for (int r = 0; r < R; r++) {
-      const __m256 bs = _mm256_set1_ps(bias ? bias[r] : 0.0f);
-      _mm256_storeu_ps(s + (size_t)r * ts + j, _mm256_mul_ps(_mm256_add_ps(acc[r][0], bs), vs));
-      _mm256_storeu_ps(s + (size_t)r * ts + j + 8, _mm256_mul_ps(_mm256_add_ps(acc[r][1], bs), vs));
-    }
+    for (int c = 0; c < hd; c++)
+      t.fma(_mm256_loadu_ps(col + (size_t)c * ts), _mm256_loadu_ps(col + (size_t)c * ts + 8), q0 + c, q1 + c, q2 + c, q3 + c);
+    t.store_scores(s + j, R, ts, bias, scale);
   }
 }
 
@@ -326,36 +354,11 @@ LKV_AVX2 void accum_avx2(const float* __restrict p, int R, int ts, int nk, const
     const float* p2 = p + 2 * (size_t)ts;
     const float* p3 = p + 3 * (size_t)ts;
     for (int c0 = 0; c0 < hd; c0 += 16) {
-      float* o0 = o + c0;
-      float* o1 = o0 + hd;
-      float* o2 = o1 + hd;
-      float* o3 = o2 + hd;
-      __m256 a0 = _mm256_loadu_ps(o0), b0 = _mm256_loadu_ps(o0 + 8), a1 = _mm256_loadu_ps(o1), b1 = _mm256_loadu_ps(o1 + 8);
-      __m256 a2 = _mm256_loadu_ps(o2), b2 = _mm256_loadu_ps(o2 + 8), a3 = _mm256_loadu_ps(o3), b3 = _mm256_loadu_ps(o3 + 8);
+      Tile4x2 t;
+      t.load(o + c0, 4, hd);
       const float* v = vt + c0;
-      for (int j = 0; j < nk; j++, v += hd) {
-        const __m256 x = _mm256_loadu_ps(v), y = _mm256_loadu_ps(v + 8);
-        __m256 w = _mm256_broadcast_ss(p0 + j);
-        a0 = _mm256_fmadd_ps(w, x, a0);
-        b0 = _mm256_fmadd_ps(w, y, b0);
-        w = _mm256_broadcast_ss(p1 + j);
-        a1 = _mm256_fmadd_ps(w, x, a1);
-        b1 = _mm256_fmadd_ps(w, y, b1);
-        w = _mm256_broadcast_ss(p2 + j);
-        a2 = _mm256_fmadd_ps(w, x, a2);
-        b2 = _mm256_fmadd_ps(w, y, b2);
-        w = _mm256_broadcast_ss(p3 + j);
-        a3 = _mm256_fmadd_ps(w, x, a3);
-        b3 = _mm256_fmadd_ps(w, y, b3);
-      }
-      _mm256_storeu_ps(o0, a0);
-      _mm256_storeu_ps(o0 + 8, b0);
-      _mm256_storeu_ps(o1, a1);
-      _mm256_storeu_ps(o1 + 8, b1);
-      _mm256_storeu_ps(o2, a2);
-      _mm256_storeu_ps(o2 + 8, b2);
-      _mm256_storeu_ps(o3, a3);
-      _mm256_storeu_ps(o3 + 8, b3);
+      for (int j = 0; j < nk; j++, v += hd) t.fma(_mm256_loadu_ps(v), _mm256_loadu_ps(v + 8), p0 + j, p1 + j, p2 + j, p3 + j);
+      t.store(o + c0, 4, hd);
     }
     return;
   }
@@ -434,7 +437,6 @@ LKV_AVX2 void scores_codes_avx2(const Block& b, const float* __restrict qf, int 
                                 float scale, const float* __restrict bias) {
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits), per = 8 / bits;
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
-  const __m256 vs = _mm256_set1_ps(scale);
   const float* q0 = qf;
   const float* q1 = qf + (size_t)std::min(1, R - 1) * hd;
   const float* q2 = qf + (size_t)std::min(2, R - 1) * hd;
@@ -443,33 +445,16 @@ LKV_AVX2 void scores_codes_avx2(const Block& b, const float* __restrict qf, int 
   for (int t = 0; t < per; t++) {
     const __m128i cnt = _mm_cvtsi32_si128(bits * t);
     for (int k = 0; k < S; k += 16) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      Tile4x2 acc{};
       const int full = k + 16 <= S ? hd : hd - 1;
       alignas(16) uint8_t tail[16] = {};
       if (full < hd) std::memcpy(tail, kc + (size_t)(hd - 1) * S + k, (size_t)(S - k));
       for (int c = 0; c < hd; c++) {
         __m256 x, y;
         codes16(c < full ? kc + (size_t)c * S + k : tail, cnt, bmask, x, y);
-        __m256 w = _mm256_broadcast_ss(q0 + c);
-        a0 = _mm256_fmadd_ps(w, x, a0);
-        b0 = _mm256_fmadd_ps(w, y, b0);
-        w = _mm256_broadcast_ss(q1 + c);
-        a1 = _mm256_fmadd_ps(w, x, a1);
-        b1 = _mm256_fmadd_ps(w, y, b1);
-        w = _mm256_broadcast_ss(q2 + c);
-        a2 = _mm256_fmadd_ps(w, x, a2);
-        b2 = _mm256_fmadd_ps(w, y, b2);
-        w = _mm256_broadcast_ss(q3 + c);
-        a3 = _mm256_fmadd_ps(w, x, a3);
-        b3 = _mm256_fmadd_ps(w, y, b3);
+        acc.fma(x, y, q0 + c, q1 + c, q2 + c, q3 + c);
       }
-      const __m256 acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
-      float* dst = s + t * S + k;
-      for (int r = 0; r < R; r++) {
-        const __m256 bs = _mm256_set1_ps(bias[r]);
-        _mm256_storeu_ps(dst + (size_t)r * ts, _mm256_mul_ps(_mm256_add_ps(acc[r][0], bs), vs));
-        _mm256_storeu_ps(dst + (size_t)r * ts + 8, _mm256_mul_ps(_mm256_add_ps(acc[r][1], bs), vs));
-      }
+      acc.store_scores(s + t * S + k, R, ts, bias, scale);
     }
   }
 }
@@ -525,37 +510,17 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
     const __m128i cnt = _mm_cvtsi32_si128(bits * t);
     for (int k = 0; k < S; k += 16) {
       const int c0 = t * S + k, g = c0 / vg;
-      __m256 acc[kRows][2];
-      for (int r = 0; r < kRows; r++)
-        for (int u = 0; u < 2; u++) acc[r][u] = r < R ? _mm256_loadu_ps(o + (size_t)r * hd + c0 + 8 * u) : _mm256_setzero_ps();
-      __m256 a0 = acc[0][0], b0 = acc[0][1], a1 = acc[1][0], b1 = acc[1][1], a2 = acc[2][0], b2 = acc[2][1], a3 = acc[3][0],
-             b3 = acc[3][1];
+      Tile4x2 acc;
+      acc.load(o + c0, R, hd);
       const uint8_t* src = b.vc.data() + k;
       const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
       for (int j = 0; j < nk; j++, src += S) {
         __m256 x, y;
         codes16(src, cnt, bmask, x, y);
-        x = _mm256_sub_ps(x, vmid);
-        y = _mm256_sub_ps(y, vmid);
-        __m256 wr = _mm256_broadcast_ss(w0 + j);
-        a0 = _mm256_fmadd_ps(wr, x, a0);
-        b0 = _mm256_fmadd_ps(wr, y, b0);
-        wr = _mm256_broadcast_ss(w1 + j);
-        a1 = _mm256_fmadd_ps(wr, x, a1);
-        b1 = _mm256_fmadd_ps(wr, y, b1);
-        wr = _mm256_broadcast_ss(w2 + j);
-        a2 = _mm256_fmadd_ps(wr, x, a2);
-        b2 = _mm256_fmadd_ps(wr, y, b2);
-        wr = _mm256_broadcast_ss(w3 + j);
-        a3 = _mm256_fmadd_ps(wr, x, a3);
-        b3 = _mm256_fmadd_ps(wr, y, b3);
+        acc.fma(_mm256_sub_ps(x, vmid), _mm256_sub_ps(y, vmid), w0 + j, w1 + j, w2 + j, w3 + j);
       }
-      const __m256 out[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
-      for (int r = 0; r < R; r++) {
-        const __m256 zr = _mm256_set1_ps(Z[r][g]);
-        _mm256_storeu_ps(o + (size_t)r * hd + c0, _mm256_add_ps(out[r][0], zr));
-        _mm256_storeu_ps(o + (size_t)r * hd + c0 + 8, _mm256_add_ps(out[r][1], zr));
-      }
+      const float zg[kRows] = {Z[0][g], Z[1][g], Z[2][g], Z[3][g]};
+      acc.store(o + c0, R, hd, zg);
     }
   }
   for (const KvOutlier& v : b.vo) {  // exact deltas on top of the dense codes
