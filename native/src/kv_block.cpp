@@ -7,44 +7,70 @@
 namespace lkv {
 namespace kvc {
 
-// Row j of a block, dequantized with the reference functions (still rotated when rot is on).
+// Row j of a block (its key alone, or key and value), dequantized with the reference functions
+// (still rotated when rot is on).
+void block_key_ref(const Block& b, int hd, int j, float* k) {
+  for (int c = 0; c < hd; c++) k[c] = kv_key_dense_ref(b.kp.data(), b.kc.data(), b.n, b.kbits, j, c);
+  auto it = std::lower_bound(b.ko.begin(), b.ko.end(), (uint16_t)(j * hd), [](const KvOutlier& o, uint16_t x) { return o.index < x; });
+  for (; it != b.ko.end() && it->index < (j + 1) * hd; ++it) k[it->index - j * hd] += f16_to_f32(it->delta);
+}
+
 void block_row_ref(const Block& b, int hd, int vg, int j, float* k, float* v) {
+  block_key_ref(b, hd, j, k);
   const int ng = b.vbits == 16 ? 0 : hd / vg, RB = kv_value_row_bytes(hd, b.vbits);
-  for (int c = 0; c < hd; c++) {
-    k[c] = kv_key_dense_ref(b.kp.data(), b.kc.data(), b.n, b.kbits, j, c);
+  for (int c = 0; c < hd; c++)
     v[c] = kv_value_dense_ref(b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB, hd, vg, b.vbits, c);
+  auto it = std::lower_bound(b.vo.begin(), b.vo.end(), (uint16_t)(j * hd), [](const KvOutlier& o, uint16_t x) { return o.index < x; });
+  for (; it != b.vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
+}
+
+int32_t RowPositions::operator[](size_t j) const {
+  if (form_ == kOffsets) return base_ + (int32_t)v_[j];
+  if (form_ == kWide) return (int32_t)((uint32_t)v_[2 * j] | (uint32_t)v_[2 * j + 1] << 16);
+  size_t w = 0;  // the j-th set bit
+  for (;; w++) {
+    const size_t c = (size_t)__builtin_popcount(v_[w]);
+    if (j < c) break;
+    j -= c;
   }
-  auto lo = [&](const std::vector<KvOutlier>& list) {
-    return std::lower_bound(list.begin(), list.end(), (uint16_t)(j * hd),
-                            [](const KvOutlier& o, uint16_t x) { return o.index < x; });
-  };
-  for (auto it = lo(b.ko); it != b.ko.end() && it->index < (j + 1) * hd; ++it) k[it->index - j * hd] += f16_to_f32(it->delta);
-  for (auto it = lo(b.vo); it != b.vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
+  uint32_t bits = v_[w];
+  for (; j > 0; j--) bits &= bits - 1;
+  return base_ + (int32_t)(16 * w) + __builtin_ctz(bits);
 }
 
 void RowPositions::assign(const int32_t* p, size_t m) {
   v_.clear();
-  wide_ = false;
+  form_ = kOffsets;
+  count_ = (uint32_t)m;
   if (m > 0) {
     const int32_t lo = *std::min_element(p, p + m), hi = *std::max_element(p, p + m);
     base_ = lo;
-    wide_ = (int64_t)hi - lo > 65535;
-    v_.resize(wide_ ? 2 * m : m);
-    for (size_t j = 0; j < m; j++) {
-      if (wide_) {
+    bool ascending = true;
+    for (size_t j = 1; j < m; j++) ascending &= p[j] > p[j - 1];
+    const int64_t words = ((int64_t)hi - lo) / 16 + 1;
+    if (ascending && words < (int64_t)m) {
+      form_ = kBitmap;
+      v_.assign((size_t)words, 0);
+      for (size_t j = 0; j < m; j++) v_[(size_t)(p[j] - lo) / 16] |= (uint16_t)(1u << ((p[j] - lo) % 16));
+    } else if ((int64_t)hi - lo > 65535) {
+      form_ = kWide;
+      v_.resize(2 * m);
+      for (size_t j = 0; j < m; j++) {
         v_[2 * j] = (uint16_t)((uint32_t)p[j] & 0xffff);
         v_[2 * j + 1] = (uint16_t)((uint32_t)p[j] >> 16);
-      } else {
-        v_[j] = (uint16_t)(p[j] - lo);
       }
+    } else {
+      v_.resize(m);
+      for (size_t j = 0; j < m; j++) v_[j] = (uint16_t)(p[j] - lo);
     }
   }
   v_.shrink_to_fit();
 }
 
 void RowPositions::insert(size_t j, int32_t p) {
-  if (!wide_ && !v_.empty() && p >= base_ && (int64_t)p - base_ <= 65535) {  // fits the current base
+  if (form_ == kOffsets && !v_.empty() && p >= base_ && (int64_t)p - base_ <= 65535) {  // fits the current base
     v_.insert(v_.begin() + (ptrdiff_t)j, (uint16_t)(p - base_));
+    count_++;
     return;
   }
   std::vector<int32_t> all = to_vector();
@@ -60,8 +86,14 @@ void RowPositions::compact(const std::vector<int>& newrow) {
 }
 
 std::vector<int32_t> RowPositions::to_vector() const {
-  std::vector<int32_t> v(size());
-  for (size_t j = 0; j < v.size(); j++) v[j] = (*this)[j];
+  std::vector<int32_t> v;
+  v.reserve(count_);
+  if (form_ == kBitmap) {
+    for (size_t w = 0; w < v_.size(); w++)
+      for (uint32_t bits = v_[w]; bits; bits &= bits - 1) v.push_back(base_ + (int32_t)(16 * w) + __builtin_ctz(bits));
+    return v;
+  }
+  for (size_t j = 0; j < count_; j++) v.push_back((*this)[j]);
   return v;
 }
 

@@ -26,17 +26,17 @@ inline float half_fast(uint16_t h) {
   return f;
 }
 
-// Per-row positions of a block whose rows are not consecutive positions (eviction, tiers): 2-byte
-// offsets from a base while every position lies within 65535 of it (a block formed from a key
-// block's tokens always does), else 4-byte positions.
+// Per-row positions of a block whose rows are not consecutive positions (eviction, tiers), in the
+// cheapest of three forms: a bitmap over [base, base + span) when the positions ascend and the
+// bitmap is smaller than offsets (a block formed from consecutive tokens and thinned by eviction:
+// 16 bytes for 128 positions instead of 2 per row), 2-byte offsets from a base while every position
+// lies within 65535 of it, else 4-byte positions.
 class RowPositions {
  public:
-  bool empty() const { return v_.empty(); }
-  size_t size() const { return wide_ ? v_.size() / 2 : v_.size(); }
-  int32_t operator[](size_t j) const {
-    return wide_ ? (int32_t)((uint32_t)v_[2 * j] | (uint32_t)v_[2 * j + 1] << 16) : base_ + (int32_t)v_[j];
-  }
-  void assign(const int32_t* p, size_t m);  // chooses the width
+  bool empty() const { return count_ == 0; }
+  size_t size() const { return count_; }
+  int32_t operator[](size_t j) const;
+  void assign(const int32_t* p, size_t m);  // chooses the form
   void insert(size_t j, int32_t p);
   // Keeps the positions whose newrow[j] >= 0, at index newrow[j] (ascending where kept).
   void compact(const std::vector<int>& newrow);
@@ -44,11 +44,16 @@ class RowPositions {
   // All positions as int32, expanded into buf; nullptr when empty.
   const int32_t* data(std::vector<int32_t>& buf) const;
   int64_t bytes() const { return 2 * (int64_t)v_.size(); }
+  bool is_bitmap() const { return form_ == kBitmap; }
 
  private:
-  std::vector<uint16_t> v_;  // offsets from base_, or (wide_) each position as two halves, low first
+  enum Form : uint8_t { kOffsets, kWide, kBitmap };
+  // kOffsets: offsets from base_; kWide: each position as two halves, low first; kBitmap: bit i of
+  // word i / 16 set when base_ + i is held
+  std::vector<uint16_t> v_;
   int32_t base_ = 0;
-  bool wide_ = false;
+  uint32_t count_ = 0;
+  Form form_ = kOffsets;
 };
 
 struct Block {
@@ -82,6 +87,7 @@ struct Undo {
   int8_t tier = 0;      // the slot's tier before
   uint8_t created = 0;  // 1: the block was created (by a demotion); no row data
   uint16_t nko = 0, nvo = 0;
+  float score = 0;       // the slot's importance (an evicted slot's is dropped from the table)
   // key codes (one byte each, or f16) | value params | value codes | key outliers | value outliers
   // (outlier index = channel)
   std::vector<uint8_t> data;
@@ -100,6 +106,7 @@ struct UndoLayout {
 
 // Row j of a block, dequantized with the reference functions (still rotated when rot is on).
 void block_row_ref(const Block& b, int hd, int vg, int j, float* k, float* v);
+void block_key_ref(const Block& b, int hd, int j, float* k);  // the key alone
 // Quantizes m rows (k, v: [m][hd], already rotated) into one block. outliers: share of elements
 // kept exactly; per_row_pos: store each row's position (else rows are pos[0], pos[0]+1, ...).
 Block make_block(const float* k, const float* v, const int32_t* pos, int m, const KvTier& tier, int tier_index, int hd, int vg,

@@ -65,7 +65,8 @@ class CompressedKvCache final : public KvCache {
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
     for (Head& H : heads_) {
       if (spec_.policy == KvPolicy::Agnostic && spec_.managed()) H.kmean.assign((size_t)hd, 0.0f);
-      H.table.half = spec_.policy == KvPolicy::Agnostic;  // a score set once, never accumulated
+      // a score set once (key distinctiveness) ranks as well at f16; attention sums keep f32
+      H.table.configure(spec_.policy == KvPolicy::Agnostic, spec_.tiers.size() > 1);
     }
     len_.assign((size_t)s.n_layer, 0);
     for (const KvTier& t : spec_.tiers) fracs_.push_back(t.frac);
@@ -97,6 +98,7 @@ class CompressedKvCache final : public KvCache {
         if (!H.kmean.empty()) scores[i] = key_distinctiveness(H, kr.data());
       }
       if (spec_.managed()) H.table.append(n, H.kmean.empty() ? nullptr : scores.data());
+      if (!H.kmean.empty() && rescore_due(H.kcount - n, H.kcount)) rescore(H, pos + n);
     }
     len_[layer] = pos + n;
   }
@@ -215,7 +217,7 @@ class CompressedKvCache final : public KvCache {
         layer_bytes += rb + ib;
         res += H.res_rows();
         rows += H.res_rows();
-        if (spec_.managed()) evicted += H.table.size() - H.table.held;
+        if (spec_.managed()) evicted += H.table.size() - H.table.held();
       }
       st.per_layer.push_back(layer_bytes);
       st.bytes += layer_bytes;
@@ -261,7 +263,7 @@ class CompressedKvCache final : public KvCache {
       put_vec(out, H.rpos);
       put_vec(out, H.rk);
       put_vec(out, H.rv);
-      put_vec(out, H.table.tier);
+      put_vec(out, H.table.tiers());
       put_vec(out, H.table.scores());
       put_vec(out, H.kmean);
       put<int64_t>(out, H.kcount);
@@ -273,6 +275,7 @@ class CompressedKvCache final : public KvCache {
         put(out, u.row);
         put(out, u.tier);
         put(out, u.created);
+        put(out, u.score);
         put(out, u.nko);
         put(out, u.nvo);
         put_vec(out, u.data);
@@ -296,7 +299,7 @@ class CompressedKvCache final : public KvCache {
     const int hd = s_.head_dim;
     std::vector<Head> heads(heads_.size());
     for (Head& H : heads) {
-      H.table.half = heads_[0].table.half;
+      H.table.configure(heads_[0].table.half(), spec_.tiers.size() > 1);
       H.next_id = get<uint32_t>(in);
       const uint64_t nb = get<uint64_t>(in);
       LKV_CHECK(nb <= 2 * (uint64_t)n + 1, "kv state: bad block count");
@@ -344,23 +347,22 @@ class CompressedKvCache final : public KvCache {
       LKV_CHECK(std::adjacent_find(seen.begin(), seen.end()) == seen.end(), "kv state: a position is held twice");
       LKV_CHECK(spec_.managed() || (int)seen.size() == n, "kv state: %zu positions held, expected %d", seen.size(), n);
       const uint64_t tn = spec_.managed() ? (uint64_t)n : 0;
-      get_vec(in, H.table.tier, tn, "slot tiers");
+      std::vector<int8_t> tiers;
+      get_vec(in, tiers, tn, "slot tiers");
       std::vector<float> scores;
       get_vec(in, scores, tn, "slot scores");
-      H.table.score.clear();
-      H.table.score_h.clear();
-      for (float x : scores) {
-        LKV_CHECK(std::isfinite(x), "kv state: bad slot score");
-        if (H.table.half) H.table.score_h.push_back(f32_to_f16(x));
-        else H.table.score.push_back(x);
-      }
-      H.table.held = 0;
-      for (int8_t t : H.table.tier) {
+      for (float x : scores) LKV_CHECK(std::isfinite(x), "kv state: bad slot score");
+      for (int8_t t : tiers)
         LKV_CHECK(t == SlotTable::kEvicted || t == SlotTable::kResidual || (t >= 0 && t < (int)spec_.tiers.size()),
                   "kv state: bad slot tier");
-        if (t != SlotTable::kEvicted) H.table.held++;
+      H.table.append((int)tn, scores.data());
+      std::vector<int> evicted;
+      for (int p = 0; p < (int)tn; p++) {
+        if (tiers[(size_t)p] == SlotTable::kEvicted) evicted.push_back(p);
+        else H.table.set_tier(p, tiers[(size_t)p]);
       }
-      LKV_CHECK(!spec_.managed() || H.table.held == (int)seen.size(), "kv state: slot table disagrees with the blocks");
+      H.table.evict(evicted);
+      LKV_CHECK(!spec_.managed() || H.table.held() == (int)seen.size(), "kv state: slot table disagrees with the blocks");
       get_vec(in, H.kmean, heads_[0].kmean.size(), "key mean");
       H.kcount = get<int64_t>(in);
       const uint64_t nj = get<uint64_t>(in);
@@ -373,6 +375,7 @@ class CompressedKvCache final : public KvCache {
         u.row = get<int16_t>(in);
         u.tier = get<int8_t>(in);
         u.created = get<uint8_t>(in);
+        u.score = get<float>(in);
         u.nko = get<uint16_t>(in);
         u.nvo = get<uint16_t>(in);
         LKV_CHECK(u.commit <= n && (H.journal.empty() || H.journal.back().commit <= u.commit) && u.block < H.next_id && u.created <= 1,
@@ -447,18 +450,41 @@ class CompressedKvCache final : public KvCache {
   // workspace is prefilled before any question exists. No key-only score can know which dims a
   // future question will read: the needle model hides its needles from exactly this (its unused
   // key dims carry random filler content), so blind eviction loses needles there by design.
-  static float key_distinctiveness(Head& H, const float* k) {
-    const int hd = (int)H.kmean.size();
+  static float distinctiveness(const std::vector<float>& mean, const float* k) {
     double dot = 0, nk = 0, nm = 0;
-    for (int c = 0; c < hd; c++) {
-      dot += (double)k[c] * H.kmean[c];
+    for (size_t c = 0; c < mean.size(); c++) {
+      dot += (double)k[c] * mean[c];
       nk += (double)k[c] * k[c];
-      nm += (double)H.kmean[c] * H.kmean[c];
+      nm += (double)mean[c] * mean[c];
     }
-    const float s = nk > 0 && nm > 0 ? (float)(1.0 - dot / std::sqrt(nk * nm)) : 1.0f;
+    return nk > 0 && nm > 0 ? (float)(1.0 - dot / std::sqrt(nk * nm)) : 1.0f;
+  }
+  static float key_distinctiveness(Head& H, const float* k) {
+    const float s = distinctiveness(H.kmean, k);
     H.kcount++;
-    for (int c = 0; c < hd; c++) H.kmean[c] += (k[c] - H.kmean[c]) / (float)H.kcount;
+    for (size_t c = 0; c < H.kmean.size(); c++) H.kmean[c] += (k[c] - H.kmean[c]) / (float)H.kcount;
     return s;
+  }
+  // The first keys were scored against a mean of few keys: whenever the count reaches a power of
+  // two up to 4096, every held key is scored again against the mean of all keys so far, so early
+  // tokens rank on the same footing as later ones before eviction reaches them.
+  static bool rescore_due(int64_t before, int64_t after) {
+    for (int64_t m = 64; m <= 4096; m *= 2)
+      if (before < m && after >= m) return true;
+    return false;
+  }
+  void rescore(Head& H, int upto) {
+    const int hd = s_.head_dim;
+    std::vector<float> kr((size_t)hd);
+    for (const Block& b : H.blocks)
+      for (int j = 0; j < b.n; j++) {
+        block_key_ref(b, hd, j, kr.data());
+        H.table.set(b.position(j), distinctiveness(H.kmean, kr.data()));
+      }
+    for (int r = 0; r < H.res_rows() && H.rpos[r] < upto; r++) {
+      for (int c = 0; c < hd; c++) kr[c] = f16_to_f32(H.rk[(size_t)r * hd + c]);
+      H.table.set(H.rpos[r], distinctiveness(H.kmean, kr.data()));
+    }
   }
 
   static void add_block(Head& H, Block b) {
@@ -484,7 +510,8 @@ class CompressedKvCache final : public KvCache {
                       u.data.size() == UndoLayout(s_.head_dim, vg_, b->kbits, b->vbits).size(u.nko, u.nvo),
                   "kv cache: the rewind journal does not match its blocks");
         insert_row(*b, u, s_.head_dim, vg_);
-        H.table.set_tier(u.pos, u.tier);
+        if (H.table.is_held(u.pos)) H.table.set_tier(u.pos, u.tier);  // a demotion undone
+        else H.table.restore(u.pos, u.tier, u.score);                 // an eviction undone
       } else {
         H.table.set_tier(u.pos, SlotTable::kEvicted);  // its block is gone (cannot happen: blocks outlive their records)
       }
@@ -545,12 +572,20 @@ class CompressedKvCache final : public KvCache {
       H.rpos.shrink_to_fit();
     }
     if (managed && spec_.evicts()) {
-      const int budget =
-          spec_.budget_tokens > 0 ? spec_.budget_tokens : std::max(1, (int)std::ceil(spec_.budget_frac * (double)n));
+      const int budget = spec_.budget_tokens > 0 ? spec_.budget_tokens : fraction_budget(n);
       const std::vector<int> ev = pick_evictions(H.table, kind, n, rules, budget, std::max(1, G / 2));
       if (!ev.empty()) move_rows(H, ev, -1, n);
     }
     if (managed && spec_.rewind > 0) purge_journal(H, n);
+  }
+
+  // A fractional budget keeps that share of the positions eviction may take (neither sinks nor the
+  // recent window). A share of all n would thin the oldest tokens hardest: while the context is
+  // short, the protected window is most of it, and the whole cut fell on the few old tokens (at
+  // 512 tokens `balanced` evicted 62% of them, not 30%), so early needles were lost first.
+  int fraction_budget(int n) const {
+    const int kept = std::min(n, spec_.sinks + spec_.recent);
+    return kept + (int)std::ceil(spec_.budget_frac * (double)(n - kept));
   }
 
   // Blocks left sparse by demotions and evictions are merged, at tiers of 8 bits or more only:
@@ -600,6 +635,7 @@ class CompressedKvCache final : public KvCache {
           if (!keep[j]) {
             Undo u = take_row(b, j, hd, vg_);
             u.commit = n;
+            u.score = H.table.get(u.pos);
             H.journal.push_back(std::move(u));
           }
       keep_rows(b, keep, hd, vg_);
@@ -608,7 +644,7 @@ class CompressedKvCache final : public KvCache {
     if (!journal)
       H.blocks.erase(std::remove_if(H.blocks.begin(), H.blocks.end(), [](const Block& b) { return b.n == 0; }), H.blocks.end());
     if (to_tier < 0) {
-      for (int p : positions) H.table.set_tier(p, SlotTable::kEvicted);
+      H.table.evict(positions);
       return;
     }
     // rows in position order, in blocks of at most G
@@ -772,29 +808,25 @@ class CompressedKvCache final : public KvCache {
   void apply_mass(Head& H, const std::vector<float>& mass, int rows) {
     const int len = (int)mass.size();
     SlotTable& T = H.table;
-    if (spec_.policy != KvPolicy::SnapKV) {
-      float* score = T.score.data();  // H2O: f32 sums
-      for (int p = 0; p < len; p++) score[p] += mass[(size_t)p];
+    if (spec_.policy != KvPolicy::SnapKV) {  // H2O: f32 sums
+      T.update_held(len, [&](int p, float s) { return s + mass[(size_t)p]; });
       return;
     }
-    auto raise = [&T](int p, float v) {
-      if (v > T.get(p)) T.set(p, v);
-    };
     const float norm = 1.0f / (float)rows;
     const float* m = mass.data();
-    auto pooled = [&](int p) {
+    std::vector<float> pooled((size_t)len);
+    auto edge = [&](int p) {
       float mx = 0;
       for (int d = std::max(0, p - 3); d <= std::min(len - 1, p + 3); d++) mx = std::max(mx, m[d]);
       return mx;
     };
     int p = 0;
-    for (; p < std::min(len, 3); p++) raise(p, pooled(p) * norm);
-    for (; p + 3 < len; p++) {  // interior: fixed window
-      const float mx = std::max(std::max(std::max(m[p - 3], m[p - 2]), std::max(m[p - 1], m[p])),
-                                std::max(std::max(m[p + 1], m[p + 2]), m[p + 3]));
-      raise(p, mx * norm);
-    }
-    for (; p < len; p++) raise(p, pooled(p) * norm);
+    for (; p < std::min(len, 3); p++) pooled[(size_t)p] = edge(p);
+    for (; p + 3 < len; p++)  // interior: fixed window
+      pooled[(size_t)p] = std::max(std::max(std::max(m[p - 3], m[p - 2]), std::max(m[p - 1], m[p])),
+                                   std::max(std::max(m[p + 1], m[p + 2]), m[p + 3]));
+    for (; p < len; p++) pooled[(size_t)p] = edge(p);
+    T.update_held(len, [&](int q, float s) { return std::max(s, pooled[(size_t)q] * norm); });
   }
 
   // Importance from attention, per KV head: H2O adds every query's attention (summed over the
@@ -944,7 +976,8 @@ void slot_table(const KvCache* cache, int layer, int head, std::vector<float>& s
   LKV_CHECK(c, "not a compressed KV cache");
   const SlotTable& t = c->table(layer, head);
   score = t.scores();
-  tier.assign(t.tier.begin(), t.tier.end());
+  const std::vector<int8_t> tiers = t.tiers();
+  tier.assign(tiers.begin(), tiers.end());
 }
 }  // namespace kvtest
 

@@ -20,8 +20,10 @@
 //                                       block: between N and N+G-1 tokens are f16)
 //           | rot | norot               Hadamard rotation of each head (head_dim a power of two)
 //           | o FRACTION                outliers: that share of elements kept exactly (0 = none)
-//           | b FRACTION | b TOKENS     budget per layer and KV head: a number with '.' is a share
-//                                       of the tokens (b1.0 = keep all), an integer a token count
+//           | b FRACTION | b TOKENS     budget per layer and KV head: a number with '.' is the share
+//                                       kept of the tokens eviction may take (all but the sinks
+//                                       and the recent window; b1.0 = keep all), an integer a
+//                                       token count
 //           | s N                       attention sinks: first N tokens never evicted or demoted
 //           | w N                       recent window: last N tokens never evicted or demoted
 //           | h2o | snapkv | agnostic   importance: accumulated attention (H2O); pooled attention

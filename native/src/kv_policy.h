@@ -4,35 +4,106 @@
 // pure functions, so test_kv.cpp checks them on tiny hand-computed cases.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 namespace lkv {
 
-// One layer and KV head, indexed by position [0, n).
-struct SlotTable {
+// One layer and KV head, indexed by position [0, n): which positions are held, whether a held one
+// is still in the f16 residual window or at which tier, and its importance. An evicted position
+// costs two bits; only held ones carry a score (and, with several tiers, a tier byte). Positions
+// are grouped in chunks of 1024: two bitmaps (held, residual), the held count before each 64-bit
+// word, and the held slots' entries in position order, so finding a slot's entry is a popcount
+// and evicting or restoring one moves at most a chunk's entries.
+class SlotTable {
+ public:
   static constexpr int8_t kEvicted = -1;
   static constexpr int8_t kResidual = 127;  // held in the f16 residual window, no tier yet
-  std::vector<int8_t> tier;                 // kEvicted, kResidual or a tier index (0 = most bits)
-  int held = 0;                             // positions not evicted
-  // Importance (meaning set by the policy). Attention sums and maxima (H2O, SnapKV) keep f32; a
-  // score set once when the key is stored (key distinctiveness) is ranked as well at f16, at
-  // half the bytes.
-  bool half = false;                        // set before the first append
-  std::vector<float> score;                 // f32 scores (!half)
-  std::vector<uint16_t> score_h;            // f16 scores (half)
 
-  int size() const { return (int)tier.size(); }
-  float get(int pos) const;
-  void set(int pos, float v);
-  std::vector<float> scores() const;            // every score as f32 (state files, tests)
+  // Before the first append. half: f16 scores (a score set once, e.g. key distinctiveness, ranks
+  // as well at half the bytes; attention sums and maxima keep f32). tiered: a tier byte per held
+  // slot (otherwise every held slot outside the residual is tier 0).
+  void configure(bool half, bool tiered);
+  bool half() const { return half_; }
+
+  int size() const { return n_; }
+  int held() const { return held_; }
+  bool is_held(int pos) const { return (chunk(pos).held[word(pos)] >> (pos & 63)) & 1; }
+  int8_t tier(int pos) const;
+  float get(int pos) const;         // a held position's score
+  void set(int pos, float v);       // a held position's score
+  std::vector<float> scores() const;   // by position, 0 where evicted (state files, tests)
+  std::vector<int8_t> tiers() const;   // by position
   void append(int count, const float* scores);  // new positions in the residual (scores may be null)
   void truncate(int n);                         // forgets positions >= n
-  void set_tier(int pos, int8_t t);             // keeps `held` in step
-  int64_t bytes() const {
-    return (int64_t)tier.size() * (int64_t)(sizeof(int8_t) + (half ? sizeof(uint16_t) : sizeof(float)));
+  // Moves a held position to another tier or the residual, or evicts it (its score is dropped).
+  void set_tier(int pos, int8_t t);
+  void evict(const std::vector<int>& positions);  // ascending, all held
+  // An evicted position back (rewind), with the score it had.
+  void restore(int pos, int8_t t, float score);
+  // f(pos, score) -> new score, for every held position below `upto`, ascending.
+  template <class F>
+  void update_held(int upto, F f);
+  // f(pos, tier, score) for every held position, ascending.
+  template <class F>
+  void for_each_held(F f) const;
+  int64_t bytes() const;
+
+ private:
+  static constexpr int kChunk = 1024, kWords = kChunk / 64;
+  struct Chunk {
+    uint64_t held[kWords] = {}, res[kWords] = {};
+    uint16_t before[kWords] = {};  // held slots in this chunk before each word
+    std::vector<uint8_t> slot;     // per held slot, in position order: score (2 or 4 bytes), tier
+  };
+  static int word(int pos) { return (pos >> 6) & (kWords - 1); }
+  const Chunk& chunk(int pos) const { return chunks_[(size_t)(pos / kChunk)]; }
+  Chunk& chunk(int pos) { return chunks_[(size_t)(pos / kChunk)]; }
+  size_t index(int pos) const {  // the entry of a position in its chunk (or where it would go)
+    const Chunk& c = chunk(pos);
+    const int w = word(pos);
+    return c.before[w] + (size_t)__builtin_popcountll(c.held[w] & ((1ull << (pos & 63)) - 1));
   }
+  static void recount(Chunk& c);
+  float read(const uint8_t* e) const;
+  void write(uint8_t* e, float v) const;
+  size_t entry() const { return (half_ ? 2 : 4) + (tiered_ ? 1 : 0); }
+
+  std::vector<Chunk> chunks_;
+  int n_ = 0, held_ = 0;
+  bool half_ = false, tiered_ = false;
 };
+
+template <class F>
+void SlotTable::update_held(int upto, F f) {
+  const size_t E = entry();
+  for (size_t ci = 0; ci < chunks_.size() && (int)(ci * kChunk) < upto; ci++) {
+    Chunk& c = chunks_[ci];
+    uint8_t* e = c.slot.data();
+    for (int w = 0; w < kWords; w++)
+      for (uint64_t bits = c.held[w]; bits; bits &= bits - 1, e += E) {
+        const int pos = (int)(ci * kChunk) + 64 * w + __builtin_ctzll(bits);
+        if (pos >= upto) return;
+        write(e, f(pos, read(e)));
+      }
+  }
+}
+
+template <class F>
+void SlotTable::for_each_held(F f) const {
+  const size_t E = entry();
+  for (size_t ci = 0; ci < chunks_.size(); ci++) {
+    const Chunk& c = chunks_[ci];
+    const uint8_t* e = c.slot.data();
+    for (int w = 0; w < kWords; w++)
+      for (uint64_t bits = c.held[w]; bits; bits &= bits - 1, e += E) {
+        const int b = __builtin_ctzll(bits);
+        const int8_t t = (c.res[w] >> b) & 1 ? kResidual : tiered_ ? (int8_t)e[E - 1] : (int8_t)0;
+        f((int)(ci * kChunk) + 64 * w + b, t, read(e));
+      }
+  }
+}
 
 // How importance is ranked, higher = keep / more bits.
 enum class RankKind {
@@ -40,7 +111,9 @@ enum class RankKind {
              // later query gave it (plain H2O sums favour old tokens merely for being old)
   Direct,    // rank = score
 };
-float slot_rank(const SlotTable& t, RankKind kind, int n, int pos);
+inline float slot_rank(RankKind kind, int n, int pos, float score) {
+  return kind == RankKind::PerQuery ? score / (float)(n - pos > 1 ? n - pos : 1) : score;
+}
 
 struct SlotRules {
   int sinks = 0;   // positions < sinks are never evicted or demoted

@@ -22,15 +22,14 @@ struct Preset {
 // 1B-shaped model at 2k; README has the table):
 //   q8, q4, q2  plain quantization, every token kept;
 //   balanced    2-bit keys and values (g128, one value group per head, Hadamard rotation) plus
-//               question-agnostic eviction of 30% of the tokens. 2-bit alone stops near 6-7x
-//               (scales, the f16 residual and the slot index cost ~20 bytes a token per
-//               layer-head), so 8x needs eviction. At 0.7 the needle model finds 95/96 needles at
-//               16k (3 seeds) and 32/32 at 32k, at 7.7x (16k) and 8.0x (32k) with head_dim 128;
-//               the one miss is the earliest needle (depth 1.4%, where the running mean key is
-//               young), also lost at 0.65; 0.75 keeps it but stays at 7.3-7.6x.
-//   max         the same format keeping 40% of the tokens: ~11-12x, needles 90%+. Below ~0.38 the
-//               agnostic score (1 - cosine to the mean key) no longer ranks needles above filler
-//               and retrieval falls off a cliff (b0.35: 1/32), so max stays short of 16x.
+//               question-agnostic eviction of 30% of the evictable tokens (all but the sinks
+//               and the recent window). 2-bit alone stops near 6x (scales, the f16 residual and
+//               the slot index), so 8x needs eviction. The needle model finds 32/32 needles at
+//               4k, 16k (3 seeds) and 32k, at 8.4x (16k) and 8.8x (32k) with head_dim 128.
+//   max         the same format keeping 40%: 12.7x (16k) / 13.7x (32k), needles 31/32. Keeping
+//               less, the agnostic score (1 - cosine to the mean key) no longer ranks needles
+//               above filler: at 16k b0.35 finds 28/32 (13.8x), b0.3 2/32 (15.2x), so max
+//               stays short of 16x.
 const Preset kPresets[] = {
     {"q8", "k8,v8,g64,vg64,r64,norot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
     {"q4", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},

@@ -14,7 +14,7 @@ namespace lkv {
 namespace kvstream {
 
 constexpr uint32_t kStateMagic = 0x314b564bu;  // "KVK1"
-constexpr uint32_t kStateVersion = 1;
+constexpr uint32_t kStateVersion = 2;  // 2: journal records carry the slot score
 
 template <typename T>
 void put(std::ostream& o, const T& x) {

@@ -568,10 +568,10 @@ void test_policy() {
   report(pick_evictions(t, RankKind::Direct, 10, all, 2, 0).empty(), "protected slots never evicted");
   // evict and rewind: held counts follow
   for (int p : ev) t.set_tier(p, X);
-  const int held_after = t.held;
+  const int held_after = t.held();
   t.truncate(5);  // keeps 0..4: 1 and 3 evicted
-  report(held_after == 7 && t.held == 3 && t.size() == 5, "held count through eviction and rewind",
-         strprintf("%d then %d", held_after, t.held));
+  report(held_after == 7 && t.held() == 3 && t.size() == 5, "held count through eviction and rewind",
+         strprintf("%d then %d", held_after, t.held()));
 
   // tiers 0.25 / 0.25 / rest over the unprotected quantized slots
   SlotTable u = table_of({0, 0, 0, 0, 0, 0, 0, 0, 0, R}, {0, 8, 7, 6, 5, 4, 3, 2, 1, 0});
@@ -602,10 +602,11 @@ void test_policy() {
   plan = plan_tiers(u, RankKind::Direct, 10, r1, {0.25, 0.25, 0.5}, 4);
   report(plan.moves[1].empty() && plan.moves[2].size() == 4, "demotions wait for a batch");
 
-  // f16 scores (set-once / max-pooled policies): same decisions, 3 bytes per position instead of 5
+  // f16 scores (set-once policies): same decisions; a held slot costs its 2-byte score, an
+  // evicted one nothing beyond the chunk's bitmaps
   {
     SlotTable h;
-    h.half = true;
+    h.configure(true, true);
     const std::vector<float> sc = {9, 1, 5, 2, 7, 0.5f, 3, 4, 0, 0};
     h.append(10, sc.data());
     const std::vector<int8_t> tiers = {0, 1, 1, 0, 1, 1, 1, 1, R, R};
@@ -613,11 +614,95 @@ void test_policy() {
     h.set(6, 0.25f);  // now below position 5's 0.5
     const std::vector<int> ev16 = pick_evictions(h, RankKind::Direct, 10, rules, 6, 0);
     const std::vector<float> back = h.scores();
+    const int64_t before = h.bytes();
+    h.evict(ev16);
+    const int64_t after = h.bytes();
     h.truncate(4);
-    report(ev16 == std::vector<int>({1, 3, 5, 6}) && back[6] == 0.25f && back[4] == 7.0f && h.bytes() == 4 * 3 && h.size() == 4 &&
-               h.score.empty(),
-           "f16 slot scores: same evictions, 3 bytes per position", strprintf("%lld bytes", (long long)h.bytes()));
+    report(ev16 == std::vector<int>({1, 3, 5, 6}) && back[6] == 0.25f && back[4] == 7.0f && before - after == 4 * 3 &&
+               h.size() == 4 && h.held() == 2 && h.tier(0) == 0 && h.tier(1) == X && h.get(2) == 5.0f,
+           "f16 slot scores: same evictions; 3 bytes per held slot (score, tier), none per evicted one",
+           strprintf("%lld -> %lld bytes", (long long)before, (long long)after));
   }
+  // the chunked table against a plain per-position model, over random operations on 3000 positions
+  for (const bool half : {false, true})
+    for (const bool tiered : {false, true}) {
+      SlotTable t;
+      t.configure(half, tiered);
+      std::vector<int8_t> mt;  // model: tier per position
+      std::vector<float> ms;   // model: score per position (meaningful where held)
+      bool ok = true;
+      auto rnd = [](int n) { return (int)(g_rng() % (uint64_t)n); };
+      auto check = [&] {
+        std::vector<float> got = t.scores();
+        std::vector<int8_t> gt = t.tiers();
+        int held = 0;
+        ok &= (int)gt.size() == (int)mt.size() && t.size() == (int)mt.size();
+        for (size_t p = 0; p < mt.size() && ok; p++) {
+          const int8_t want = mt[p] == SlotTable::kEvicted || mt[p] == SlotTable::kResidual || tiered ? mt[p] : (int8_t)0;
+          ok &= gt[p] == want && t.tier((int)p) == want && t.is_held((int)p) == (mt[p] != SlotTable::kEvicted);
+          if (mt[p] != SlotTable::kEvicted) {
+            held++;
+            const float w = half ? f16_to_f32(f32_to_f16(ms[p])) : ms[p];
+            ok &= got[p] == w && t.get((int)p) == w;
+          }
+        }
+        ok &= t.held() == held;
+      };
+      for (int step = 0; step < 400 && ok; step++) {
+        const int op = rnd(10), n = (int)mt.size();
+        if (op < 3 || n == 0) {  // append a run
+          const int c = 1 + rnd(120);
+          std::vector<float> sc((size_t)c);
+          for (float& x : sc) x = (float)rnd(1000) / 7.0f;
+          t.append(c, sc.data());
+          mt.insert(mt.end(), (size_t)c, SlotTable::kResidual);
+          ms.insert(ms.end(), sc.begin(), sc.end());
+        } else if (op < 5) {  // evict a random ascending set
+          std::vector<int> ev;
+          for (int p = 0; p < n; p++)
+            if (rnd(12) == 0) ev.push_back(p);
+          t.evict(ev);
+          for (int p : ev) mt[(size_t)p] = SlotTable::kEvicted;
+        } else if (op < 7) {  // move held slots to tiers or back to the residual
+          for (int i = 0; i < 30; i++) {
+            const int p = rnd(n);
+            if (mt[(size_t)p] == SlotTable::kEvicted) continue;
+            const int8_t to = rnd(4) == 0 ? SlotTable::kResidual : (int8_t)rnd(3);
+            t.set_tier(p, to);
+            mt[(size_t)p] = to;
+          }
+        } else if (op < 8) {  // restore evicted ones
+          for (int i = 0; i < 20; i++) {
+            const int p = rnd(n);
+            if (mt[(size_t)p] != SlotTable::kEvicted) continue;
+            const float sc = (float)rnd(1000) / 3.0f;
+            const int8_t to = (int8_t)rnd(3);
+            t.restore(p, to, sc);
+            mt[(size_t)p] = to;
+            ms[(size_t)p] = sc;
+          }
+        } else if (op < 9) {  // new scores: set() and update_held()
+          const int upto = rnd(n + 1);
+          t.update_held(upto, [&](int p, float s) { return s + (float)(p % 7); });
+          for (int p = 0; p < upto; p++)
+            if (mt[(size_t)p] != SlotTable::kEvicted) ms[(size_t)p] = (half ? f16_to_f32(f32_to_f16(ms[(size_t)p])) : ms[(size_t)p]) + (float)(p % 7);
+          const int p = rnd(n);
+          if (mt[(size_t)p] != SlotTable::kEvicted) {
+            t.set(p, 42.0f);
+            ms[(size_t)p] = 42.0f;
+          }
+        } else {  // rewind
+          const int to = n - rnd(std::min(n, 100) + 1);
+          t.truncate(to);
+          mt.resize((size_t)to);
+          ms.resize((size_t)to);
+        }
+        check();
+      }
+      report(ok, strprintf("slot table (chunks of bitmaps and held entries) = per-position model: %s scores%s", half ? "f16" : "f32",
+                           tiered ? ", tier bytes" : ""),
+             strprintf("%d positions, %d held", t.size(), t.held()));
+    }
 }
 
 // Per-row block positions: 2-byte offsets while a block spans < 65536 positions, 4 bytes past that.
@@ -643,6 +728,27 @@ void test_row_positions() {
   r.insert(0, 5);
   ok &= r.size() == 1 && r[0] == 5 && r.bytes() == 2;
   report(ok, "row positions: 2-byte offsets, 4-byte when a block spans 65536 or more");
+
+  // a block of 128 consecutive tokens thinned by eviction: a 16-byte bitmap instead of 2 per row
+  std::vector<int32_t> thin;
+  for (int32_t p = 5000; p < 5128; p++)
+    if (p % 3 != 0) thin.push_back(p);  // 5001 is not among them
+  RowPositions b;
+  b.assign(thin.data(), thin.size());
+  bool okb = b.is_bitmap() && b.bytes() == 16 && b.to_vector() == thin && b.size() == thin.size();
+  for (size_t j = 0; j < thin.size(); j++) okb &= b[j] == thin[j];
+  b.insert(1, 5001);  // back in the middle (a rewound eviction)
+  thin.insert(thin.begin() + 1, 5001);
+  okb &= b.is_bitmap() && b.to_vector() == thin && b[1] == 5001 && b[2] == thin[2];
+  std::vector<int> newrow(thin.size(), -1);
+  int m = 0;
+  for (size_t j = 0; j < thin.size(); j += 40) newrow[j] = m++;  // 3 rows left: offsets are smaller
+  b.compact(newrow);
+  okb &= !b.is_bitmap() && b.bytes() == 6 && b.to_vector() == std::vector<int32_t>({thin[0], thin[40], thin[80]});
+  const std::vector<int32_t> unordered = {7, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21};
+  b.assign(unordered.data(), unordered.size());  // a bitmap cannot keep this order
+  okb &= !b.is_bitmap() && b.to_vector() == unordered;
+  report(okb, "row positions: a bitmap for ascending rows of a short span", strprintf("%lld bytes", (long long)b.bytes()));
 }
 
 // ---- eviction, importance, tiers in a live cache ----------------------------------------------------
@@ -728,6 +834,61 @@ void test_live_policy(ThreadPool* pool) {
     report(worst_pos < 2e-5, std::string(snap ? "snapkv" : "h2o") + ": importance per position = softmax weights (chunk and decode paths)",
            strprintf("max abs err %.3g", worst_pos));
   }
+  // A fractional budget thins every stretch of old tokens alike: while the recent window was most
+  // of a short context, taking the share of all n put the whole cut on the first tokens (b0.5,
+  // w128 at 300 tokens: 86% of positions 4..171 evicted, not 50%).
+  {
+    Driver d(test_shape(1200), "k2,v2,g16,r8,b0.5,s4,w128,agnostic,rw0", pool);
+    for (int i = 0; i < 16; i++) d.chunk(64);
+    const int n = d.cache->n_tokens();
+    double worst = 0;
+    std::string shares;
+    for (int l = 0; l < 2; l++)
+      for (int h = 0; h < 2; h++) {
+        std::vector<int> pos;
+        std::vector<float> k, v;
+        kvtest::dequantize_head(d.cache.get(), l, h, pos, k, v);
+        for (int a = 4; a + 200 <= n - 128; a += 200) {  // stretches of 200 evictable positions
+          const double kept = (double)(std::lower_bound(pos.begin(), pos.end(), a + 200) - std::lower_bound(pos.begin(), pos.end(), a));
+          worst = std::max(worst, std::fabs(kept / 200.0 - 0.5));
+          if (l == 0 && h == 0) shares += strprintf(" %.2f", kept / 200.0);
+        }
+      }
+    report(worst < 0.15, "fractional budget: each stretch of old tokens keeps about that share", strprintf("head 0:%s", shares.c_str()));
+  }
+  // Question-agnostic scores are taken again when the key count reaches 64, 128, ...: then every
+  // held position's score is 1 - cosine between its (dequantized) key and the mean of all keys.
+  {
+    Driver d(test_shape(400), "k4,v4,g16,r8,b0.9,s4,w32,agnostic,norot", pool);
+    d.chunk(40);
+    d.chunk(30);  // the count passes 64 here
+    double worst = 0;
+    for (int l = 0; l < 2; l++)
+      for (int h = 0; h < 2; h++) {
+        std::vector<double> mean(64, 0.0);
+        const int n = 70;
+        for (int p = 0; p < n; p++)
+          for (int c = 0; c < 64; c++) mean[(size_t)c] += d.k[(size_t)l][(size_t)p * d.kvdim() + h * 64 + c] / n;
+        std::vector<int> pos, tier;
+        std::vector<float> k, v, score;
+        kvtest::dequantize_head(d.cache.get(), l, h, pos, k, v);
+        kvtest::slot_table(d.cache.get(), l, h, score, tier);
+        for (size_t j = 0; j < pos.size(); j++) {
+          // positions 0..31 were in blocks when the scores were retaken (g16, r8: two blocks after
+          // the first 40 tokens), the rest in the f16 residual (quantized only at the commit after)
+          double dot = 0, nk = 0, nm = 0;
+          for (int c = 0; c < 64; c++) {
+            const double x = pos[j] < 32 ? k[j * 64 + c]
+                                         : f16_to_f32(f32_to_f16(d.k[(size_t)l][(size_t)pos[j] * d.kvdim() + h * 64 + c]));
+            dot += x * mean[(size_t)c];
+            nk += x * x;
+            nm += mean[(size_t)c] * mean[(size_t)c];
+          }
+          worst = std::max(worst, std::fabs(score[(size_t)pos[j]] - (1.0 - dot / std::sqrt(nk * nm))));
+        }
+      }
+    report(worst < 2e-3, "agnostic scores retaken against the mean of all keys at 64", strprintf("max abs err %.3g", worst));
+  }
   // Budget: held <= budget + slack; sinks and recent always held; attention = reference on held rows.
   for (const char* sp : {"k4,v4,g16,vg32,r8,rot,b0.5,s4,w16,h2o", "k2,v2,g16,r8,b64,s4,w16,snapkv,ow8",
                          "t8:0.2/4:0.3/2,g16,r8,b0.6,s4,w16,agnostic,o0.01"}) {
@@ -748,7 +909,9 @@ void test_live_policy(ThreadPool* pool) {
     for (int step = 0; step < 12; step++) {
       d.chunk(step % 3 == 0 ? 97 : step % 3 == 1 ? 5 : 1, check);  // 1: decode reads blocks from their codes
       const int n = d.cache->n_tokens();
-      const int budget = spec.budget_tokens > 0 ? spec.budget_tokens : (int)std::ceil(spec.budget_frac * n);
+      // a share of what eviction may take: all but the sinks and the recent window
+      const int prot = std::min(n, spec.sinks + spec.recent);
+      const int budget = spec.budget_tokens > 0 ? spec.budget_tokens : prot + (int)std::ceil(spec.budget_frac * (n - prot));
       for (int l = 0; l < 2; l++)
         for (int h = 0; h < 2; h++) {
           std::vector<int> pos;
