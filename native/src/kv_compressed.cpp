@@ -814,19 +814,15 @@ class CompressedKvCache final : public KvCache {
     }
     const float norm = 1.0f / (float)rows;
     const float* m = mass.data();
-    std::vector<float> pooled((size_t)len);
-    auto edge = [&](int p) {
+    auto pooled = [&](int p) {  // held positions only: evicted ones get no score
+      if (p >= 3 && p + 3 < len)  // interior: fixed window
+        return std::max(std::max(std::max(m[p - 3], m[p - 2]), std::max(m[p - 1], m[p])),
+                        std::max(std::max(m[p + 1], m[p + 2]), m[p + 3]));
       float mx = 0;
       for (int d = std::max(0, p - 3); d <= std::min(len - 1, p + 3); d++) mx = std::max(mx, m[d]);
       return mx;
     };
-    int p = 0;
-    for (; p < std::min(len, 3); p++) pooled[(size_t)p] = edge(p);
-    for (; p + 3 < len; p++)  // interior: fixed window
-      pooled[(size_t)p] = std::max(std::max(std::max(m[p - 3], m[p - 2]), std::max(m[p - 1], m[p])),
-                                   std::max(std::max(m[p + 1], m[p + 2]), m[p + 3]));
-    for (; p < len; p++) pooled[(size_t)p] = edge(p);
-    T.update_held(len, [&](int q, float s) { return std::max(s, pooled[(size_t)q] * norm); });
+    T.update_held(len, [&](int p, float s) { return std::max(s, pooled(p) * norm); });
   }
 
   // Importance from attention, per KV head: H2O adds every query's attention (summed over the

@@ -45,13 +45,13 @@ void SlotTable::recount(Chunk& c) {
 int8_t SlotTable::tier(int pos) const {
   if (!is_held(pos)) return kEvicted;
   const Chunk& c = chunk(pos);
-  if ((c.res[word(pos)] >> (pos & 63)) & 1) return kResidual;
-  return tiered_ ? (int8_t)c.slot[index(pos) * entry() + entry() - 1] : (int8_t)0;
+  if (c.res[word(pos)] & bit(pos)) return kResidual;
+  return tiered_ ? (int8_t)entry_at(pos)[entry() - 1] : (int8_t)0;
 }
 
-float SlotTable::get(int pos) const { return read(chunk(pos).slot.data() + index(pos) * entry()); }
+float SlotTable::get(int pos) const { return read(entry_at(pos)); }
 
-void SlotTable::set(int pos, float v) { write(chunk(pos).slot.data() + index(pos) * entry(), v); }
+void SlotTable::set(int pos, float v) { write(entry_at(pos), v); }
 
 std::vector<float> SlotTable::scores() const {
   std::vector<float> out((size_t)n_, 0.0f);
@@ -72,8 +72,8 @@ void SlotTable::append(int count, const float* scores) {
     Chunk& c = chunks_.back();
     const int w = word(n_);
     if (n_ % 64 == 0 && w > 0) c.before[w] = (uint16_t)(c.before[w - 1] + __builtin_popcountll(c.held[w - 1]));
-    c.held[w] |= 1ull << (n_ & 63);
-    c.res[w] |= 1ull << (n_ & 63);
+    c.held[w] |= bit(n_);
+    c.res[w] |= bit(n_);
     c.slot.resize(c.slot.size() + E);
     uint8_t* e = c.slot.data() + c.slot.size() - E;
     write(e, scores ? scores[i] : 0.0f);
@@ -102,16 +102,12 @@ void SlotTable::truncate(int n) {
 }
 
 void SlotTable::set_tier(int pos, int8_t t) {
-  if (t == kEvicted) {
-    if (is_held(pos)) evict({pos});
-    return;
-  }
+  if (t == kEvicted) return evict({pos});
   LKV_CHECK(is_held(pos), "slot table: position %d is evicted (restore() brings one back)", pos);
   Chunk& c = chunk(pos);
-  const uint64_t bit = 1ull << (pos & 63);
-  if (t == kResidual) c.res[word(pos)] |= bit;
-  else c.res[word(pos)] &= ~bit;
-  if (tiered_ && t != kResidual) c.slot[index(pos) * entry() + entry() - 1] = (uint8_t)t;
+  if (t == kResidual) c.res[word(pos)] |= bit(pos);
+  else c.res[word(pos)] &= ~bit(pos);
+  if (tiered_ && t != kResidual) entry_at(pos)[entry() - 1] = (uint8_t)t;
 }
 
 void SlotTable::evict(const std::vector<int>& positions) {
@@ -126,8 +122,8 @@ void SlotTable::evict(const std::vector<int>& positions) {
     for (size_t i = first; i < a; i++) {
       const int p = positions[i];
       if (!is_held(p)) continue;
-      c.held[word(p)] &= ~(1ull << (p & 63));
-      c.res[word(p)] &= ~(1ull << (p & 63));
+      c.held[word(p)] &= ~bit(p);
+      c.res[word(p)] &= ~bit(p);
       held_--;
     }
     recount(c);
@@ -148,8 +144,8 @@ void SlotTable::restore(int pos, int8_t t, float score) {
   c.slot.insert(c.slot.begin() + (ptrdiff_t)at, E, 0);
   write(c.slot.data() + at, score);
   if (tiered_) c.slot[at + E - 1] = (uint8_t)t;
-  c.held[word(pos)] |= 1ull << (pos & 63);
-  if (t == kResidual) c.res[word(pos)] |= 1ull << (pos & 63);
+  c.held[word(pos)] |= bit(pos);
+  if (t == kResidual) c.res[word(pos)] |= bit(pos);
   recount(c);
   held_++;
 }

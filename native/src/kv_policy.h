@@ -29,7 +29,7 @@ class SlotTable {
 
   int size() const { return n_; }
   int held() const { return held_; }
-  bool is_held(int pos) const { return (chunk(pos).held[word(pos)] >> (pos & 63)) & 1; }
+  bool is_held(int pos) const { return (chunk(pos).held[word(pos)] & bit(pos)) != 0; }
   int8_t tier(int pos) const;
   float get(int pos) const;         // a held position's score
   void set(int pos, float v);       // a held position's score
@@ -39,7 +39,7 @@ class SlotTable {
   void truncate(int n);                         // forgets positions >= n
   // Moves a held position to another tier or the residual, or evicts it (its score is dropped).
   void set_tier(int pos, int8_t t);
-  void evict(const std::vector<int>& positions);  // ascending, all held
+  void evict(const std::vector<int>& positions);  // ascending (positions not held are skipped)
   // An evicted position back (rewind), with the score it had.
   void restore(int pos, int8_t t, float score);
   // f(pos, score) -> new score, for every held position below `upto`, ascending.
@@ -58,6 +58,7 @@ class SlotTable {
     std::vector<uint8_t> slot;     // per held slot, in position order: score (2 or 4 bytes), tier
   };
   static int word(int pos) { return (pos >> 6) & (kWords - 1); }
+  static uint64_t bit(int pos) { return 1ull << (pos & 63); }
   const Chunk& chunk(int pos) const { return chunks_[(size_t)(pos / kChunk)]; }
   Chunk& chunk(int pos) { return chunks_[(size_t)(pos / kChunk)]; }
   size_t index(int pos) const {  // the entry of a position in its chunk (or where it would go)
@@ -66,6 +67,9 @@ class SlotTable {
     return c.before[w] + (size_t)__builtin_popcountll(c.held[w] & ((1ull << (pos & 63)) - 1));
   }
   static void recount(Chunk& c);
+  // a held position's entry: score, then the tier byte (tiered) at entry() - 1
+  uint8_t* entry_at(int pos) { return chunk(pos).slot.data() + index(pos) * entry(); }
+  const uint8_t* entry_at(int pos) const { return chunk(pos).slot.data() + index(pos) * entry(); }
   float read(const uint8_t* e) const;
   void write(uint8_t* e, float v) const;
   size_t entry() const { return (half_ ? 2 : 4) + (tiered_ ? 1 : 0); }
