@@ -10,18 +10,42 @@ namespace kvc {
 // Row j of a block (its key alone, or key and value), dequantized with the reference functions
 // (still rotated when rot is on).
 void block_key_ref(const Block& b, int hd, int j, float* k) {
-  for (int c = 0; c < hd; c++) k[c] = kv_key_dense_ref(b.kp.data(), b.kc.data(), b.n, b.kbits, j, c);
-  auto it = std::lower_bound(b.ko.begin(), b.ko.end(), (uint16_t)(j * hd), [](const KvOutlier& o, uint16_t x) { return o.index < x; });
-  for (; it != b.ko.end() && it->index < (j + 1) * hd; ++it) k[it->index - j * hd] += f16_to_f32(it->delta);
+  for (int c = 0; c < hd; c++) k[c] = kv_key_dense_ref(b.kp().data(), b.kc().data(), b.n, b.kbits, j, c);
+  const Part<KvOutlier> ko = b.ko();
+  auto it = std::lower_bound(ko.begin(), ko.end(), (uint16_t)(j * hd), [](const KvOutlier& o, uint16_t x) { return o.index < x; });
+  for (; it != ko.end() && it->index < (j + 1) * hd; ++it) k[it->index - j * hd] += f16_to_f32(it->delta);
 }
 
 void block_row_ref(const Block& b, int hd, int vg, int j, float* k, float* v) {
   block_key_ref(b, hd, j, k);
   const int ng = b.vbits == 16 ? 0 : hd / vg, RB = kv_value_row_bytes(hd, b.vbits);
   for (int c = 0; c < hd; c++)
-    v[c] = kv_value_dense_ref(b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB, hd, vg, b.vbits, c);
-  auto it = std::lower_bound(b.vo.begin(), b.vo.end(), (uint16_t)(j * hd), [](const KvOutlier& o, uint16_t x) { return o.index < x; });
-  for (; it != b.vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
+    v[c] = kv_value_dense_ref(b.vp().data() + (size_t)j * ng, b.vc().data() + (size_t)j * RB, hd, vg, b.vbits, c);
+  const Part<KvOutlier> vo = b.vo();
+  auto it = std::lower_bound(vo.begin(), vo.end(), (uint16_t)(j * hd), [](const KvOutlier& o, uint16_t x) { return o.index < x; });
+  for (; it != vo.end() && it->index < (j + 1) * hd; ++it) v[it->index - j * hd] += f16_to_f32(it->delta);
+}
+
+void Block::pack(const std::vector<KvQParams>& kp, const std::vector<KvQParams>& vp, const std::vector<KvOutlier>& ko,
+                 const std::vector<KvOutlier>& vo, const std::vector<uint8_t>& kc, const std::vector<uint8_t>& vc) {
+  nkp_ = (uint32_t)kp.size();
+  nvp_ = (uint32_t)vp.size();
+  nko_ = (uint32_t)ko.size();
+  nvo_ = (uint32_t)vo.size();
+  nkc_ = (uint32_t)kc.size();
+  std::vector<uint8_t> buf(words() + kc.size() + vc.size());
+  uint8_t* d = buf.data();
+  auto put = [&d](const void* src, size_t bytes) {
+    if (bytes) std::memcpy(d, src, bytes);
+    d += bytes;
+  };
+  put(kp.data(), 4 * kp.size());
+  put(vp.data(), 4 * vp.size());
+  put(ko.data(), 4 * ko.size());
+  put(vo.data(), 4 * vo.size());
+  put(kc.data(), kc.size());
+  put(vc.data(), vc.size());
+  buf_ = std::move(buf);
 }
 
 int32_t RowPositions::operator[](size_t j) const {
@@ -134,28 +158,30 @@ Block make_block(const float* k, const float* v, const int32_t* pos, int m, cons
       }
     kv_select_outliers_ref(v, groups, count, vskip.data());
   }
-  b.kp.resize((size_t)kv_key_param_count(hd, b.kbits));
-  b.kc.resize((size_t)kv_key_code_bytes(m, hd, b.kbits));
-  kv_quantize_keys_ref(k, m, hd, b.kbits, kskip.empty() ? nullptr : kskip.data(), b.kp.data(), b.kc.data());
+  std::vector<KvQParams> kp((size_t)kv_key_param_count(hd, b.kbits)), vp;
+  std::vector<uint8_t> kc((size_t)kv_key_code_bytes(m, hd, b.kbits)), vc;
+  std::vector<KvOutlier> ko, vo;
+  kv_quantize_keys_ref(k, m, hd, b.kbits, kskip.empty() ? nullptr : kskip.data(), kp.data(), kc.data());
   const int ng = kv_value_param_count(hd, vg, b.vbits), RB = kv_value_row_bytes(hd, b.vbits);
-  b.vp.resize((size_t)m * ng);
-  b.vc.resize((size_t)m * RB);
+  vp.resize((size_t)m * ng);
+  vc.resize((size_t)m * RB);
   for (int j = 0; j < m; j++)
     kv_quantize_value_row_ref(v + (size_t)j * hd, hd, vg, b.vbits, vskip.empty() ? nullptr : vskip.data() + (size_t)j * hd,
-                              b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB);
+                              vp.data() + (size_t)j * ng, vc.data() + (size_t)j * RB);
   // exact values of the outliers, as differences to what the dense codes give
   for (size_t e = 0; e < kskip.size(); e++)
     if (kskip[e]) {
       const int j = (int)(e / hd), c = (int)(e % hd);
-      const float d = k[e] - kv_key_dense_ref(b.kp.data(), b.kc.data(), m, b.kbits, j, c);
-      b.ko.push_back({(uint16_t)e, f32_to_f16(d)});
+      const float d = k[e] - kv_key_dense_ref(kp.data(), kc.data(), m, b.kbits, j, c);
+      ko.push_back({(uint16_t)e, f32_to_f16(d)});
     }
   for (size_t e = 0; e < vskip.size(); e++)
     if (vskip[e]) {
       const int j = (int)(e / hd), c = (int)(e % hd);
-      const float d = v[e] - kv_value_dense_ref(b.vp.data() + (size_t)j * ng, b.vc.data() + (size_t)j * RB, hd, vg, b.vbits, c);
-      b.vo.push_back({(uint16_t)e, f32_to_f16(d)});
+      const float d = v[e] - kv_value_dense_ref(vp.data() + (size_t)j * ng, vc.data() + (size_t)j * RB, hd, vg, b.vbits, c);
+      vo.push_back({(uint16_t)e, f32_to_f16(d)});
     }
+  b.pack(kp, vp, ko, vo, kc, vc);
   return b;
 }
 
@@ -174,7 +200,7 @@ void keep_rows(Block& b, const std::vector<uint8_t>& keep, int hd, int vg) {
   const int So = kv_planar_bytes(b.n, b.kbits), Sn = kv_planar_bytes(m, b.kbits);
   std::vector<uint8_t> kc((size_t)hd * Sn, 0);
   for (int c = 0; c < hd; c++) {
-    const uint8_t* src = b.kc.data() + (size_t)c * So;
+    const uint8_t* src = b.kc().data() + (size_t)c * So;
     uint8_t* dst = kc.data() + (size_t)c * Sn;
     for (int j = 0; j < b.n; j++) {
       if (newrow[j] < 0) continue;
@@ -182,31 +208,23 @@ void keep_rows(Block& b, const std::vector<uint8_t>& keep, int hd, int vg) {
       else kv_planar_put(dst, m, b.kbits, newrow[j], kv_planar_get(src, b.n, b.kbits, j));
     }
   }
-  b.kc = std::move(kc);
   const int ng = kv_value_param_count(hd, vg, b.vbits), RB = kv_value_row_bytes(hd, b.vbits);
+  std::vector<uint8_t> vc;
+  std::vector<KvQParams> vp;
   for (int j = 0; j < b.n; j++) {
-    const int r = newrow[j];
-    if (r < 0 || r == j) continue;
-    std::memmove(b.vc.data() + (size_t)r * RB, b.vc.data() + (size_t)j * RB, (size_t)RB);
-    if (ng) std::memmove(b.vp.data() + (size_t)r * ng, b.vp.data() + (size_t)j * ng, sizeof(KvQParams) * ng);
+    if (newrow[j] < 0) continue;
+    vc.insert(vc.end(), b.vc().data() + (size_t)j * RB, b.vc().data() + (size_t)(j + 1) * RB);
+    vp.insert(vp.end(), b.vp().data() + (size_t)j * ng, b.vp().data() + (size_t)(j + 1) * ng);
   }
-  b.pos.compact(newrow);
-  b.vc.resize((size_t)m * RB);
-  b.vp.resize((size_t)m * ng);
-  for (auto* list : {&b.ko, &b.vo}) {
-    std::vector<KvOutlier> kept;
-    for (const KvOutlier& o : *list) {
+  std::vector<KvOutlier> lists[2];
+  for (int i = 0; i < 2; i++)
+    for (const KvOutlier& o : i == 0 ? b.ko() : b.vo()) {
       const int r = newrow[o.index / hd];
-      if (r >= 0) kept.push_back({(uint16_t)(r * hd + o.index % hd), o.delta});
+      if (r >= 0) lists[i].push_back({(uint16_t)(r * hd + o.index % hd), o.delta});
     }
-    *list = std::move(kept);
-  }
+  b.pos.compact(newrow);
+  b.pack(b.kp().vec(), vp, lists[0], lists[1], kc, vc);
   b.n = m;
-  b.kc.shrink_to_fit();
-  b.vc.shrink_to_fit();
-  b.vp.shrink_to_fit();
-  b.ko.shrink_to_fit();
-  b.vo.shrink_to_fit();
 }
 
 // Row j of b as an undo record (codes unchanged).
@@ -217,9 +235,9 @@ Undo take_row(const Block& b, int j, int hd, int vg) {
   u.pos = b.position(j);
   u.tier = (int8_t)b.tier;
   std::vector<KvOutlier> ko, vo;
-  for (const KvOutlier& o : b.ko)
+  for (const KvOutlier& o : b.ko())
     if (o.index / hd == j) ko.push_back({(uint16_t)(o.index % hd), o.delta});
-  for (const KvOutlier& o : b.vo)
+  for (const KvOutlier& o : b.vo())
     if (o.index / hd == j) vo.push_back({(uint16_t)(o.index % hd), o.delta});
   u.nko = (uint16_t)ko.size();
   u.nvo = (uint16_t)vo.size();
@@ -228,13 +246,13 @@ Undo take_row(const Block& b, int j, int hd, int vg) {
   uint8_t* d = u.data.data();
   const int S = kv_planar_bytes(b.n, b.kbits);
   for (int c = 0; c < hd; c++) {  // the row's key codes, planar-packed along the channels
-    if (b.kbits == 16) std::memcpy(d + 2 * c, b.kc.data() + (size_t)c * S + 2 * j, 2);
-    else kv_planar_put(d, hd, b.kbits, c, kv_planar_get(b.kc.data() + (size_t)c * S, b.n, b.kbits, j));
+    if (b.kbits == 16) std::memcpy(d + 2 * c, b.kc().data() + (size_t)c * S + 2 * j, 2);
+    else kv_planar_put(d, hd, b.kbits, c, kv_planar_get(b.kc().data() + (size_t)c * S, b.n, b.kbits, j));
   }
   d += L.kcodes;
-  if (L.vp) std::memcpy(d, b.vp.data() + (size_t)j * (L.vp / sizeof(KvQParams)), L.vp);  // none at 16 bits
+  if (L.vp) std::memcpy(d, b.vp().data() + (size_t)j * (L.vp / sizeof(KvQParams)), L.vp);  // none at 16 bits
   d += L.vp;
-  std::memcpy(d, b.vc.data() + (size_t)j * L.vc, L.vc);
+  std::memcpy(d, b.vc().data() + (size_t)j * L.vc, L.vc);
   d += L.vc;
   if (!ko.empty()) std::memcpy(d, ko.data(), sizeof(KvOutlier) * ko.size());
   d += sizeof(KvOutlier) * ko.size();
@@ -254,7 +272,7 @@ void insert_row(Block& b, const Undo& u, int hd, int vg) {
   const int So = kv_planar_bytes(n, b.kbits), Sn = kv_planar_bytes(m, b.kbits);
   std::vector<uint8_t> kc((size_t)hd * Sn, 0);
   for (int c = 0; c < hd; c++) {
-    const uint8_t* src = b.kc.data() + (size_t)c * So;
+    const uint8_t* src = b.kc().data() + (size_t)c * So;
     uint8_t* dst = kc.data() + (size_t)c * Sn;
     for (int r = 0; r < m; r++) {
       if (b.kbits == 16) std::memcpy(dst + 2 * r, r == j ? kcodes + 2 * c : src + 2 * (r < j ? r : r - 1), 2);
@@ -263,19 +281,22 @@ void insert_row(Block& b, const Undo& u, int hd, int vg) {
                       r == j ? kv_planar_get(kcodes, hd, b.kbits, c) : kv_planar_get(src, n, b.kbits, r < j ? r : r - 1));
     }
   }
-  b.kc = std::move(kc);
   const size_t ng = L.vp / sizeof(KvQParams);
-  b.vp.insert(b.vp.begin() + (size_t)j * ng, (const KvQParams*)vp, (const KvQParams*)vp + ng);
-  b.vc.insert(b.vc.begin() + (size_t)j * L.vc, vc, vc + L.vc);
+  std::vector<KvQParams> vps = b.vp().vec();
+  std::vector<uint8_t> vcs = b.vc().vec();
+  vps.insert(vps.begin() + (ptrdiff_t)((size_t)j * ng), (const KvQParams*)vp, (const KvQParams*)vp + ng);
+  vcs.insert(vcs.begin() + (ptrdiff_t)((size_t)j * L.vc), vc, vc + L.vc);
   b.pos.insert((size_t)j, u.pos);
-  for (auto* list : {&b.ko, &b.vo}) {
-    for (KvOutlier& o : *list)
+  std::vector<KvOutlier> lists[2] = {b.ko().vec(), b.vo().vec()};
+  for (int i = 0; i < 2; i++) {
+    for (KvOutlier& o : lists[i])
       if (o.index / hd >= j) o.index = (uint16_t)(o.index + hd);
-    const KvOutlier* add = list == &b.ko ? ko : vo;
-    const int na = list == &b.ko ? u.nko : u.nvo;
-    for (int i = 0; i < na; i++) list->push_back({(uint16_t)(j * hd + add[i].index), add[i].delta});
-    std::sort(list->begin(), list->end(), [](const KvOutlier& a, const KvOutlier& c) { return a.index < c.index; });
+    const KvOutlier* add = i == 0 ? ko : vo;
+    const int na = i == 0 ? u.nko : u.nvo;
+    for (int x = 0; x < na; x++) lists[i].push_back({(uint16_t)(j * hd + add[x].index), add[x].delta});
+    std::sort(lists[i].begin(), lists[i].end(), [](const KvOutlier& a, const KvOutlier& c) { return a.index < c.index; });
   }
+  b.pack(b.kp().vec(), vps, lists[0], lists[1], kc, vcs);
   b.n = m;
   b.emptied = -1;
 }

@@ -253,12 +253,12 @@ class CompressedKvCache final : public KvCache {
         put<int32_t>(out, b.created);
         put<int32_t>(out, b.pos0);
         put_vec(out, b.pos.to_vector());
-        put_vec(out, b.kp);
-        put_vec(out, b.kc);
-        put_vec(out, b.vp);
-        put_vec(out, b.vc);
-        put_vec(out, b.ko);
-        put_vec(out, b.vo);
+        put_vec(out, b.kp().data(), b.kp().size());
+        put_vec(out, b.kc().data(), b.kc().size());
+        put_vec(out, b.vp().data(), b.vp().size());
+        put_vec(out, b.vc().data(), b.vc().size());
+        put_vec(out, b.ko().data(), b.ko().size());
+        put_vec(out, b.vo().data(), b.vo().size());
       }
       put_vec(out, H.rpos);
       put_vec(out, H.rk);
@@ -325,15 +325,19 @@ class CompressedKvCache final : public KvCache {
           LKV_CHECK(b.position(j) >= 0 && b.position(j) < n, "kv state: position out of range");
           seen.push_back(b.position(j));
         }
-        get_vec(in, b.kp, (uint64_t)kv_key_param_count(hd, b.kbits), "key params");
-        get_vec(in, b.kc, (uint64_t)kv_key_code_bytes(b.n, hd, b.kbits), "key codes");
-        get_vec(in, b.vp, (uint64_t)b.n * kv_value_param_count(hd, vg_, b.vbits), "value params");
-        get_vec(in, b.vc, (uint64_t)b.n * kv_value_row_bytes(hd, b.vbits), "value codes");
-        get_vec_upto(in, b.ko, (uint64_t)b.n * hd, "key outliers");
-        get_vec_upto(in, b.vo, (uint64_t)b.n * hd, "value outliers");
-        for (auto* list : {&b.ko, &b.vo})
+        std::vector<KvQParams> kp, vp;
+        std::vector<uint8_t> kc, vc;
+        std::vector<KvOutlier> ko, vo;
+        get_vec(in, kp, (uint64_t)kv_key_param_count(hd, b.kbits), "key params");
+        get_vec(in, kc, (uint64_t)kv_key_code_bytes(b.n, hd, b.kbits), "key codes");
+        get_vec(in, vp, (uint64_t)b.n * kv_value_param_count(hd, vg_, b.vbits), "value params");
+        get_vec(in, vc, (uint64_t)b.n * kv_value_row_bytes(hd, b.vbits), "value codes");
+        get_vec_upto(in, ko, (uint64_t)b.n * hd, "key outliers");
+        get_vec_upto(in, vo, (uint64_t)b.n * hd, "value outliers");
+        for (auto* list : {&ko, &vo})
           for (size_t e = 0; e < list->size(); e++)
             LKV_CHECK((*list)[e].index < b.n * hd && (e == 0 || (*list)[e - 1].index < (*list)[e].index), "kv state: bad outlier list");
+        b.pack(kp, vp, ko, vo, kc, vc);
         H.blocks.push_back(std::move(b));
       }
       get_vec_upto(in, H.rpos, (uint64_t)n, "residual positions");

@@ -18,7 +18,7 @@ LKV_CLONES void key_params(const Block& b, int hd, float* __restrict sc, float* 
     std::fill(z, z + hd, 0.0f);
     return;
   }
-  const KvQParams* p = b.kp.data();
+  const KvQParams* p = b.kp().data();
   for (int c = 0; c < hd; c++) {  // branch-free: the compiler vectorizes it per clone
     sc[c] = half_fast(p[c].scale);
     z[c] = half_fast(p[c].zero);
@@ -42,20 +42,20 @@ LKV_CLONES void fold_keys(const float* __restrict sc, const float* __restrict z,
 
 // The key outliers' share of the scores of R query rows (q unfolded).
 void add_outlier_scores(const Block& b, const float* q, int R, int hd, float* s, int ts, float scale) {
-  for (const KvOutlier& o : b.ko) {
+  for (const KvOutlier& o : b.ko()) {
     const int j = o.index / hd, c = o.index % hd;
     const float d = f16_to_f32(o.delta) * scale;
     for (int r = 0; r < R; r++) s[(size_t)r * ts + j] += q[(size_t)r * hd + c] * d;
   }
 }
 void add_outliers_values(const Block& b, float* vt) {
-  for (const KvOutlier& o : b.vo) vt[o.index] += f16_to_f32(o.delta);
+  for (const KvOutlier& o : b.vo()) vt[o.index] += f16_to_f32(o.delta);
 }
 
 LKV_CLONES void decode_keys_generic(const Block& b, int hd, float* __restrict kt, int ts) {
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits);
   for (int c = 0; c < hd; c++) {
-    const uint8_t* cc = b.kc.data() + (size_t)c * S;
+    const uint8_t* cc = b.kc().data() + (size_t)c * S;
     float* row = kt + (size_t)c * ts;
     if (bits == 16) {
       const uint16_t* src = (const uint16_t*)cc;
@@ -75,14 +75,14 @@ LKV_CLONES void decode_keys_generic(const Block& b, int hd, float* __restrict kt
 LKV_CLONES void decode_values_generic(const Block& b, int hd, int vg, float* __restrict vt) {
   const int bits = b.vbits, RB = kv_value_row_bytes(hd, bits), ng = hd / vg;
   for (int j = 0; j < b.n; j++) {
-    const uint8_t* rc = b.vc.data() + (size_t)j * RB;
+    const uint8_t* rc = b.vc().data() + (size_t)j * RB;
     float* dst = vt + (size_t)j * hd;
     if (bits == 16) {
       const uint16_t* src = (const uint16_t*)rc;
       for (int c = 0; c < hd; c++) dst[c] = half_fast(src[c]);
       continue;
     }
-    const KvQParams* p = b.vp.data() + (size_t)j * ng;
+    const KvQParams* p = b.vp().data() + (size_t)j * ng;
     const int per = 8 / bits, S = RB;
     const unsigned mask = (1u << bits) - 1;
     for (int t = 0; t < per; t++) {
@@ -236,7 +236,7 @@ LKV_AVX2 void decode_keys_avx2(const Block& b, int hd, float* __restrict kt, int
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits);
   if (bits == 16) {
     for (int c = 0; c < hd; c++) {
-      const uint16_t* src = (const uint16_t*)(b.kc.data() + (size_t)c * S);
+      const uint16_t* src = (const uint16_t*)(b.kc().data() + (size_t)c * S);
       float* dst = kt + (size_t)c * ts;
       int j = 0;
       for (; j + 8 <= n; j += 8) _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + j))));
@@ -248,7 +248,7 @@ LKV_AVX2 void decode_keys_avx2(const Block& b, int hd, float* __restrict kt, int
   const unsigned m1 = (1u << bits) - 1;
   const __m256i mask = _mm256_set1_epi32((int)m1);
   for (int c = 0; c < hd; c++) {
-    const uint8_t* cc = b.kc.data() + (size_t)c * S;
+    const uint8_t* cc = b.kc().data() + (size_t)c * S;
     float* row = kt + (size_t)c * ts;
     int k = 0;
     if (bits == 8) {
@@ -271,14 +271,14 @@ LKV_AVX2 void decode_values_avx2(const Block& b, int hd, int vg, float* __restri
   const int bits = b.vbits, RB = kv_value_row_bytes(hd, bits), ng = hd / vg;
   const __m256i mask = _mm256_set1_epi32((1 << (bits & 15)) - 1);
   for (int j = 0; j < b.n; j++) {
-    const uint8_t* rc = b.vc.data() + (size_t)j * RB;
+    const uint8_t* rc = b.vc().data() + (size_t)j * RB;
     float* dst = vt + (size_t)j * hd;
     if (bits == 16) {
       const uint16_t* src = (const uint16_t*)rc;
       for (int c = 0; c < hd; c += 8) _mm256_storeu_ps(dst + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + c))));
       continue;
     }
-    const KvQParams* p = b.vp.data() + (size_t)j * ng;
+    const KvQParams* p = b.vp().data() + (size_t)j * ng;
     float scs[kKvMaxHeadDim / 8], zs[kKvMaxHeadDim / 8];
     for (int g = 0; g < ng; g++) {
       scs[g] = half_fast(p[g].scale);
@@ -441,7 +441,7 @@ LKV_AVX2 void scores_codes_avx2(const Block& b, const float* __restrict qf, int 
   const float* q1 = qf + (size_t)std::min(1, R - 1) * hd;
   const float* q2 = qf + (size_t)std::min(2, R - 1) * hd;
   const float* q3 = qf + (size_t)std::min(3, R - 1) * hd;
-  const uint8_t* kc = b.kc.data();
+  const uint8_t* kc = b.kc().data();
   for (int t = 0; t < per; t++) {
     const __m128i cnt = _mm_cvtsi32_si128(bits * t);
     for (int k = 0; k < S; k += 16) {
@@ -477,7 +477,7 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
     const __m256 vm = _mm256_set1_ps(mid);
     __m256 zacc[kRows] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (; j0 + 8 <= nk; j0 += 8) {
-      const __m256i prm = _mm256_loadu_si256((const __m256i*)(b.vp.data() + j0));  // {scale, zero} x 8
+      const __m256i prm = _mm256_loadu_si256((const __m256i*)(b.vp().data() + j0));  // {scale, zero} x 8
       // [s0..s3 z0..z3 | s4..s7 z4..z7] -> [s0..s7 | z0..z7]
       const __m256i packed = _mm256_permute4x64_epi64(
           _mm256_packus_epi32(_mm256_and_si256(prm, lo16), _mm256_srli_epi32(prm, 16)), 0xD8);
@@ -492,7 +492,7 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
     for (int r = 0; r < R; r++) Z[r][0] = hsum8(zacc[r]);
   }
   for (int j = j0; j < nk; j++) {
-    const KvQParams* pp = b.vp.data() + (size_t)j * ng;
+    const KvQParams* pp = b.vp().data() + (size_t)j * ng;
     for (int g = 0; g < ng; g++) {
       const float sc = half_fast(pp[g].scale), z = half_fast(pp[g].zero) + sc * mid;
       for (int r = 0; r < R; r++) {
@@ -512,7 +512,7 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
       const int c0 = t * S + k, g = c0 / vg;
       Tile4x2 acc;
       acc.load(o + c0, R, hd);
-      const uint8_t* src = b.vc.data() + k;
+      const uint8_t* src = b.vc().data() + k;
       const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
       for (int j = 0; j < nk; j++, src += S) {
         __m256 x, y;
@@ -523,7 +523,7 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
       acc.store(o + c0, R, hd, zg);
     }
   }
-  for (const KvOutlier& v : b.vo) {  // exact deltas on top of the dense codes
+  for (const KvOutlier& v : b.vo()) {  // exact deltas on top of the dense codes
     const int j = v.index / hd, c = v.index % hd;
     if (j >= nk) continue;
     const float d = f16_to_f32(v.delta);
@@ -550,7 +550,7 @@ LKV_AVX512 void decode_keys_avx512(const Block& b, int hd, float* __restrict kt,
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits);
   if (bits == 16) {
     for (int c = 0; c < hd; c++) {
-      const uint16_t* src = (const uint16_t*)(b.kc.data() + (size_t)c * S);
+      const uint16_t* src = (const uint16_t*)(b.kc().data() + (size_t)c * S);
       float* dst = kt + (size_t)c * ts;
       for (int j = 0; j < n; j += 16)
         _mm512_storeu_ps(dst + j, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail16(n - j), src + j)));
@@ -560,7 +560,7 @@ LKV_AVX512 void decode_keys_avx512(const Block& b, int hd, float* __restrict kt,
   const int per = 8 / bits;
   const __m512i mask = _mm512_set1_epi32((1 << bits) - 1);
   for (int c = 0; c < hd; c++) {
-    const uint8_t* cc = b.kc.data() + (size_t)c * S;
+    const uint8_t* cc = b.kc().data() + (size_t)c * S;
     float* row = kt + (size_t)c * ts;
     for (int k = 0; k < S; k += 16) {
       const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tail16(S - k), cc + k));
@@ -576,14 +576,14 @@ LKV_AVX512 void decode_values_avx512(const Block& b, int hd, int vg, float* __re
   const int bits = b.vbits, RB = kv_value_row_bytes(hd, bits), ng = hd / vg;
   const __m512i mask = _mm512_set1_epi32((1 << (bits & 15)) - 1);
   for (int j = 0; j < b.n; j++) {
-    const uint8_t* rc = b.vc.data() + (size_t)j * RB;
+    const uint8_t* rc = b.vc().data() + (size_t)j * RB;
     float* dst = vt + (size_t)j * hd;
     if (bits == 16) {
       const uint16_t* src = (const uint16_t*)rc;
       for (int c = 0; c < hd; c += 16) _mm512_storeu_ps(dst + c, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + c))));
       continue;
     }
-    const KvQParams* p = b.vp.data() + (size_t)j * ng;
+    const KvQParams* p = b.vp().data() + (size_t)j * ng;
     float scs[kKvMaxHeadDim / 8], zs[kKvMaxHeadDim / 8];
     for (int g = 0; g < ng; g++) {
       scs[g] = half_fast(p[g].scale);

@@ -727,10 +727,10 @@ void CudaKvStore::truncate(int n) {
       blk.kbits = L_.kbits;
       blk.vbits = L_.vbits;
       blk.n = G;
-      blk.kp.assign((const KvQParams*)img, (const KvQParams*)(img + L_.kp_bytes));
-      blk.kc.assign(img + L_.kc_off, img + L_.kc_off + L_.kc_bytes);
-      blk.vp.assign((const KvQParams*)(img + L_.vp_off), (const KvQParams*)(img + L_.vp_off + L_.vp_bytes));
-      blk.vc.assign(img + L_.vc_off, img + L_.vc_off + L_.vc_bytes);
+      blk.pack(std::vector<KvQParams>((const KvQParams*)img, (const KvQParams*)(img + L_.kp_bytes)),
+               std::vector<KvQParams>((const KvQParams*)(img + L_.vp_off), (const KvQParams*)(img + L_.vp_off + L_.vp_bytes)), {}, {},
+               std::vector<uint8_t>(img + L_.kc_off, img + L_.kc_off + L_.kc_bytes),
+               std::vector<uint8_t>(img + L_.vc_off, img + L_.vc_off + L_.vc_bytes));
       for (int j = 0; j < G && b * G + j < n; j++) {
         kvc::block_row_ref(blk, hd, vg, j, kr.data(), vr.data());
         for (int c = 0; c < hd; c++) {
