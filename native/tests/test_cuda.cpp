@@ -101,7 +101,8 @@ constexpr double kKvAttentionBudget = 1e-4;
 // Whole forward passes with a compressed cache against forward.cpp with the same spec: the f16
 // residual rows the blocks are quantized from may differ by one f16 step where the roped key
 // lands on a rounding boundary, and then a code may flip by one level (at 2 bits a third of the
-// range). Budget 2e-2 of the logits' RMS (unverified on hardware; a wrong layout is off by O(1)).
+// range). Budget 2e-2 of the logits' RMS (a wrong layout is off by O(1)); on an H200 (2026-11-30): q8 1.8e-4,
+// q4 5e-5, q2 8.1e-3, k4,v2 3.3e-3.
 constexpr double kForwardKvBudget = 2e-2;
 // Specs the device holds (the presets without eviction, and the corners of the grammar: 16-bit
 // keys or values, small and large blocks, one value group per head).
@@ -495,6 +496,42 @@ int kv_differing_bytes(const std::vector<uint8_t>& a, const std::vector<uint8_t>
   return n;
 }
 
+// Where two block images (kp | kc | vp | vc per head, as kv_reference_images lays them) differ:
+// the region, the heads, and for code bytes the channel (keys) or row (values) range, with the
+// first differing byte.
+std::string kv_image_diff(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want, const KvShape& s, const KvSpec& spec) {
+  if (got.size() != want.size()) return strprintf("sizes differ: %zu vs %zu", got.size(), want.size());
+  const int hd = s.head_dim, G = spec.group, vg = spec.vgroup ? spec.vgroup : hd;
+  const int kb = spec.tiers[0].kbits, vb = spec.tiers[0].vbits;
+  const size_t kp = (size_t)kv_key_param_count(hd, kb) * 4, kc = (size_t)kv_key_code_bytes(G, hd, kb);
+  const size_t vp = (size_t)G * kv_value_param_count(hd, vg, vb) * 4, RB = (size_t)kv_value_row_bytes(hd, vb), vc = (size_t)G * RB;
+  const size_t img = kp + kc + vp + vc, Sk = kc / (size_t)hd;
+  const char* names[4] = {"kp", "kc", "vp", "vc"};
+  size_t count[4] = {}, lo[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX}, hi[4] = {};
+  std::string heads, first;
+  for (size_t h = 0; h * img < got.size(); h++) {
+    size_t n = 0;
+    for (size_t o = 0; o < img; o++) {
+      const size_t i = h * img + o;
+      if (got[i] == want[i]) continue;
+      n++;
+      const int r = o < kp ? 0 : o < kp + kc ? 1 : o < kp + kc + vp ? 2 : 3;
+      const size_t base = r == 0 ? 0 : r == 1 ? kp : r == 2 ? kp + kc : kp + kc + vp;
+      const size_t unit = r == 1 ? (o - base) / Sk : r == 3 ? (o - base) / RB : (o - base) / 4;  // channel, row, param
+      count[r]++;
+      lo[r] = std::min(lo[r], unit);
+      hi[r] = std::max(hi[r], unit);
+      if (first.empty())
+        first = strprintf("first: head %zu %s byte %zu got %02x want %02x", h, names[r], o - base, got[i], want[i]);
+    }
+    heads += (h ? "," : "") + std::to_string(n);
+  }
+  std::string out = "per head [" + heads + "]";
+  for (int r = 0; r < 4; r++)
+    if (count[r]) out += strprintf("; %s: %zu bytes, %s %zu..%zu", names[r], count[r], r == 1 ? "channels" : r == 3 ? "rows" : "entries", lo[r], hi[r]);
+  return out + "; " + first;
+}
+
 // A CPU compressed cache of `spec` filled with n_tok random rows in chunks (each committed), as
 // forward.cpp fills it; returns its save() payload.
 std::unique_ptr<KvCache> kv_filled_cache(const KvShape& s, const std::string& spec, int n_tok, int chunk, std::string* payload,
@@ -603,16 +640,19 @@ void test_kv_device() {
     const KvSpec ks = parse_kv_spec(spec);
     run_case(std::string("kv-quantize/") + spec, [&](std::string& detail) {
       int worst = 0;
+      std::string where;
       for (int hd : {64, 128})
         for (int nkv : {1, 2, 8}) {
           const KvShape s = kv_shape(nkv, nkv, hd, 1024);
           std::vector<float> k, v;
           kv_rows(k, v, (size_t)ks.group, nkv * hd);
           const std::vector<uint8_t> got = cuda_ops::kv_quantize_block(s, spec, k.data(), v.data(), false);  // checks its guards
-          const int d = kv_differing_bytes(got, kv_reference_images(s, ks, k.data(), v.data()));
+          const std::vector<uint8_t> want = kv_reference_images(s, ks, k.data(), v.data());
+          const int d = kv_differing_bytes(got, want);
+          if (d != 0 && where.empty()) where = strprintf("; hd %d, %d heads: ", hd, nkv) + kv_image_diff(got, want, s, ks);
           worst = d < 0 ? INT32_MAX : std::max(worst, d);
         }
-      detail = fmt("kernel vs kv_formats.h's reference, hd 64/128, 1-8 heads: %.0f bytes differ (budget 0); guards intact", worst);
+      detail = fmt("kernel vs kv_formats.h's reference, hd 64/128, 1-8 heads: %.0f bytes differ (budget 0); guards intact", worst) + where;
       return worst == 0;
     });
     struct Shape { int n_head, n_kv, hd; };

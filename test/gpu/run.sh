@@ -12,7 +12,7 @@
 #   --dry-run  for a machine without a GPU: every step that can run does (build for
 #              LLAMAKV_CUDA_ARCHS, default 80; model synthesis; the addon with backend "cpu" and
 #              "cuda" refused); device cases must report SKIP, never PASS.
-# Env:   BUILD (build/gpu), OUT (where the logs go; default $BUILD), CTX (4096,32768),
+# Env:   BUILD (build/gpu), OUT (where the logs go; default $BUILD), CTX (4096,32768), BENCH_TIMEOUT (360 s),
 #        KV (off,q8,q4,q2: the KV presets benchmarked; balanced and max evict and stay on the CPU),
 #        LLAMAKV_CUDA_ARCHS (default: this GPU's compute capability)
 # Models are generated here (`llamakv model synth`, or test_cuda's own writer without node); the
@@ -91,11 +91,42 @@ echo "built in $(elapsed)${ADDON:+ (addon $ADDON)}"
 step "test_cuda --host (device layout and decoder on the CPU; backend choice)"
 "$BUILD/test_cuda" --host 2>&1 | tee "$LOGS/test_cuda_host.txt" || fail "test_cuda --host"
 
-step "test_cuda (every kernel and forward pass against the CPU references)"
-timeout 300 "$BUILD/test_cuda" 2>&1 | tee "$LOGS/test_cuda.txt" || fail "test_cuda"
+step "test_cuda (every kernel and forward pass against the CPU references; one process per group)"
+# One process per group: a kernel fault leaves the CUDA context unusable for the rest of its
+# process, and must not hide how the other groups fare. On a failed group the first failing case
+# runs again under compute-sanitizer (memcheck) when it is installed, to name the bad access.
+CASE_GROUPS=(get_rows/ matmul/ rmsnorm/ silu_mul/ argmax rope_store/ attention/ kv-quantize/ kv-attention/ forward/ forward-kv/ errors)
+: > "$LOGS/test_cuda.txt"
+sum_pass=0 sum_fail=0 sum_skip=0 sanitized=0
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -n1 || true)
+for g in "${CASE_GROUPS[@]}"; do
+  rc=0
+  timeout 240 "$BUILD/test_cuda" "--only=$g" > "$LOGS/test_cuda_group.txt" 2>&1 || rc=$?
+  cat "$LOGS/test_cuda_group.txt" >> "$LOGS/test_cuda.txt"
+  counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$LOGS/test_cuda_group.txt" | tail -n1 || true)
+  grep -E '^(FAIL|unexpected)' "$LOGS/test_cuda_group.txt" | head -n 20 || true
+  echo "  $g: ${counts:-no summary (exit $rc)}"
+  if [ -n "$counts" ]; then
+    read -r p _ f _ k _ <<< "$counts"
+    sum_pass=$((sum_pass + p)) sum_fail=$((sum_fail + f)) sum_skip=$((sum_skip + k))
+  fi
+  if [ $rc != 0 ] || [ -z "$counts" ]; then
+    fail "test_cuda --only=$g (exit $rc)"
+    first=$(grep -m1 '^FAIL ' "$LOGS/test_cuda_group.txt" | awk '{print $2}' || true)
+    if [ -n "$SANITIZER" ] && [ $sanitized -lt 3 ]; then
+      sanitized=$((sanitized + 1))
+      echo "  compute-sanitizer on ${first:-$g}:"
+      timeout 90 "$SANITIZER" --tool memcheck --print-limit 8 "$BUILD/test_cuda" "--only=${first:-$g}" > "$LOGS/sanitizer-$sanitized.txt" 2>&1 || true
+      grep -v '^PASS' "$LOGS/sanitizer-$sanitized.txt" | head -n 40 | sed 's/^/    /'
+    fi
+  fi
+done
+echo "test_cuda: $sum_pass passed, $sum_fail failed, $sum_skip skipped"
 if [ $DRY = 1 ]; then
-  grep -q '^PASS' "$LOGS/test_cuda.txt" && fail "test_cuda passed cases without a GPU"
-  grep -q '^0 passed, 0 failed, [1-9][0-9]* skipped' "$LOGS/test_cuda.txt" || fail "test_cuda did not report every case skipped"
+  # the groups together must cover every case: the whole run skips as many as they do
+  all=$("$BUILD/test_cuda" | grep -E '^[0-9]+ passed' | awk '{print $5}')
+  [ "$all" = "$sum_skip" ] || fail "the case groups cover $sum_skip of $all cases"
+  [ $sum_pass = 0 ] || fail "test_cuda passed cases without a GPU"
 elif grep -q '^SKIP' "$LOGS/test_cuda.txt"; then
   fail "cases were skipped on a GPU machine: the device is not usable (see the SKIP reason)"
 fi
@@ -172,7 +203,7 @@ unset LLAMAKV_ADDON
 # ---- benchmark -------------------------------------------------------------------------------
 step "benchmark (KV presets $KV on the device; balanced and max evict, so they run on the CPU)"
 if [ -n "$BENCH_MODEL" ]; then model=(--model "$BENCH_MODEL"); else model=(--synth "$BUILD/synth-1b-q8_0.gguf"); fi
-timeout 360 "$BUILD/test_cuda" --bench "${model[@]}" --ctx "$CTX" --kv "$KV" 2>&1 | tee "$LOGS/bench.txt" || fail "benchmark"
+timeout "${BENCH_TIMEOUT:-360}" "$BUILD/test_cuda" --bench "${model[@]}" --ctx "$CTX" --kv "$KV" 2>&1 | tee "$LOGS/bench.txt" || fail "benchmark"
 if [ $DRY = 0 ] && grep -q '^SKIP' "$LOGS/bench.txt"; then fail "the benchmark was skipped on a GPU machine"; fi
 echo
 echo "total $(elapsed), status $status (logs in $LOGS)"

@@ -155,19 +155,35 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams a) {
 }
 
 // One block of hd threads per (head, query): out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
-__global__ void attention_combine_kernel(const float* part, float* out, int n_head, int n_splits, int hd) {
-  const int h = blockIdx.x, i = blockIdx.y, d = threadIdx.x;
+// The split weights are found in parallel (thread d takes splits d, d + hd; n_splits <= 128 and
+// hd >= 64), so the one serial loop left is each thread's sum over independent loads.
+__global__ void __launch_bounds__(128) attention_combine_kernel(const float* part, float* out, int n_head, int n_splits, int hd) {
+  __shared__ float s_w[kAttnMaxSplits];
+  __shared__ float s_red[2][4];
+  const int h = blockIdx.x, i = blockIdx.y, d = threadIdx.x, lane = d % 32, warp = d / 32, nw = hd / 32;
   const float* p = part + ((size_t)i * n_head + h) * n_splits * (hd + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; s++) M = fmaxf(M, p[(size_t)s * (hd + 2) + hd]);
-  float o = 0.0f, l = 0.0f;
-  for (int s = 0; s < n_splits; s++) {
-    const float* ps = p + (size_t)s * (hd + 2);
-    const float w = exp2f(ps[hd] - M);  // 0 for empty ranges; range 0 is never empty, so M is finite
-    o = fmaf(ps[d], w, o);
-    l = fmaf(ps[hd + 1], w, l);
+  float m = -INFINITY;
+  for (int s = d; s < n_splits; s += hd) m = fmaxf(m, p[(size_t)s * (hd + 2) + hd]);
+  m = warp_max(m);
+  if (lane == 0) s_red[0][warp] = m;
+  __syncthreads();
+  float M = s_red[0][0];
+  for (int w = 1; w < nw; w++) M = fmaxf(M, s_red[0][w]);  // finite: range 0 is never empty
+  float l = 0.0f;
+  for (int s = d; s < n_splits; s += hd) {
+    const float w = exp2f(p[(size_t)s * (hd + 2) + hd] - M);  // 0 for an empty range
+    s_w[s] = w;
+    l = fmaf(p[(size_t)s * (hd + 2) + hd + 1], w, l);
   }
-  out[((size_t)i * n_head + h) * hd + d] = o / l;
+  l = warp_sum(l);
+  if (lane == 0) s_red[1][warp] = l;
+  __syncthreads();
+  float L = 0.0f;
+  for (int w = 0; w < nw; w++) L += s_red[1][w];
+  float o = 0.0f;
+#pragma unroll 8
+  for (int s = 0; s < n_splits; s++) o = fmaf(p[(size_t)s * (hd + 2) + d], s_w[s], o);
+  out[((size_t)i * n_head + h) * hd + d] = o / L;
 }
 
 }  // namespace
@@ -217,10 +233,12 @@ void launch_attention(const AttnShape& a, const int* pos, int n, const float* q,
     else attention_kernel<128, 8><<<grid, kAttnThreads, 0, s>>>(p);
   }
   LKV_CUDA_LAUNCHED("attention");
-  if (n_splits > 1) {
-    attention_combine_kernel<<<dim3(a.n_head, n), a.head_dim, 0, s>>>(partial, out, a.n_head, n_splits, a.head_dim);
-    LKV_CUDA_LAUNCHED("attention_combine");
-  }
+  if (n_splits > 1) launch_attention_combine(a, n, partial, out, n_splits, s);
+}
+
+void launch_attention_combine(const AttnShape& a, int n, const float* partial, float* out, int n_splits, cudaStream_t s) {
+  attention_combine_kernel<<<dim3(a.n_head, n), a.head_dim, 0, s>>>(partial, out, a.n_head, n_splits, a.head_dim);
+  LKV_CUDA_LAUNCHED("attention_combine");
 }
 
 }  // namespace lkv

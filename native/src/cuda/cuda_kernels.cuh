@@ -44,5 +44,8 @@ size_t attention_partial_floats(const AttnShape& a, int n, int n_splits);  // wo
 // [0, *pos+i] of k_cache/v_cache ([n_head_kv][n_ctx][hd], f16) into out [n][n_head][hd].
 void launch_attention(const AttnShape& a, const int* pos, int n, const float* q, const __half* k_cache,
                       const __half* v_cache, float* out, float* partial, int n_splits, cudaStream_t s);
+// The flash-decoding merge: partial [n][n_head][n_splits][hd + 2] (o unnormalized, m, l in log2
+// units) -> out [n][n_head][hd]. Both attention paths (f16 and compressed cache) end with it.
+void launch_attention_combine(const AttnShape& a, int n, const float* partial, float* out, int n_splits, cudaStream_t s);
 
 }  // namespace lkv

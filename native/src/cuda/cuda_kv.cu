@@ -487,22 +487,6 @@ __global__ void __launch_bounds__(kAttnThreads) kv_attention_kernel(KvAttnParams
   }
 }
 
-// As cuda_attention.cu's combine step.
-__global__ void kv_attention_combine_kernel(const float* part, float* out, int n_head, int n_splits, int hd) {
-  const int h = blockIdx.x, i = blockIdx.y, d = threadIdx.x;
-  const float* p = part + ((size_t)i * n_head + h) * n_splits * (hd + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; s++) M = fmaxf(M, p[(size_t)s * (hd + 2) + hd]);
-  float o = 0.0f, l = 0.0f;
-  for (int s = 0; s < n_splits; s++) {
-    const float* ps = p + (size_t)s * (hd + 2);
-    const float w = exp2f(ps[hd] - M);
-    o = fmaf(ps[d], w, o);
-    l = fmaf(ps[hd + 1], w, l);
-  }
-  out[((size_t)i * n_head + h) * hd + d] = o / l;
-}
-
 float hadamard_scale(int hd) { return 1.0f / std::sqrt((float)hd); }  // as kv_hadamard
 
 }  // namespace
@@ -554,10 +538,7 @@ void launch_kv_attention(const AttnShape& a, const KvDevView& kv, const int* pos
     else kv_attention_kernel<128, 8><<<grid, kAttnThreads, 0, s>>>(p);
   }
   LKV_CUDA_LAUNCHED("kv_attention");
-  if (n_splits > 1) {
-    kv_attention_combine_kernel<<<dim3(a.n_head, n), a.head_dim, 0, s>>>(partial, out, a.n_head, n_splits, a.head_dim);
-    LKV_CUDA_LAUNCHED("kv_attention_combine");
-  }
+  if (n_splits > 1) launch_attention_combine(a, n, partial, out, n_splits, s);
 }
 
 // ---- the store --------------------------------------------------------------------------------------

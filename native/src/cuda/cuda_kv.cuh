@@ -46,6 +46,17 @@ __host__ __device__ __forceinline__ uint16_t kvd_f2h(float f) {
   return f32_to_f16(f);
 #endif
 }
+// One f16 (little-endian, as kv_formats.h stores it) at p, which is 2-byte aligned: records start
+// 16-aligned and every offset and stride in them is even. On the device it is one 16-bit store:
+// written as two byte stores (h & 0xFF, h >> 8), nvcc 13's sm_90 code stored the high byte
+// right and zero for the low byte (test_cuda kv-quantize/k16 on an H200, 2026-11-30).
+__host__ __device__ __forceinline__ void kvd_put_f16(uint8_t* p, uint16_t h) {
+#ifdef __CUDA_ARCH__
+  *reinterpret_cast<uint16_t*>(p) = h;
+#else
+  std::memcpy(p, &h, 2);
+#endif
+}
 __host__ __device__ __forceinline__ float kvd_add(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fadd_rn(a, b);
@@ -143,15 +154,11 @@ __host__ __device__ inline KvQParams kvd_fit(const X& x, int n, int bits) {
 template <typename X>
 __host__ __device__ inline void kvd_quantize_key_channel(const KvDevLayout& L, const X& k, int c, uint8_t* rec) {
   uint8_t* cc = rec + L.kc_off + (size_t)c * L.Sk;
-  for (int i = 0; i < L.Sk; i++) cc[i] = 0;
   if (L.kbits == 16) {
-    for (int j = 0; j < L.G; j++) {
-      const uint16_t h = kvd_f2h(k(j));
-      cc[2 * j] = (uint8_t)(h & 0xFF);
-      cc[2 * j + 1] = (uint8_t)(h >> 8);
-    }
+    for (int j = 0; j < L.G; j++) kvd_put_f16(cc + 2 * j, kvd_f2h(k(j)));
     return;
   }
+  for (int i = 0; i < L.Sk; i++) cc[i] = 0;
   const KvQParams p = kvd_fit(k, L.G, L.kbits);
   ((KvQParams*)rec)[c] = p;
   for (int j = 0; j < L.G; j++) kv_planar_put(cc, L.G, L.kbits, j, kvd_quant(k(j), p, L.kbits));
@@ -162,15 +169,11 @@ __host__ __device__ inline void kvd_quantize_key_channel(const KvDevLayout& L, c
 template <typename X>
 __host__ __device__ inline void kvd_quantize_value_row(const KvDevLayout& L, const X& v, int j, uint8_t* rec) {
   uint8_t* codes = rec + L.vc_off + (size_t)j * L.RB;
-  for (int i = 0; i < L.RB; i++) codes[i] = 0;
   if (L.vbits == 16) {
-    for (int c = 0; c < L.hd; c++) {
-      const uint16_t h = kvd_f2h(v(c));
-      codes[2 * c] = (uint8_t)(h & 0xFF);
-      codes[2 * c + 1] = (uint8_t)(h >> 8);
-    }
+    for (int c = 0; c < L.hd; c++) kvd_put_f16(codes + 2 * c, kvd_f2h(v(c)));
     return;
   }
+  for (int i = 0; i < L.RB; i++) codes[i] = 0;
   KvQParams* params = (KvQParams*)(rec + L.vp_off) + (size_t)j * L.ng;
   for (int g = 0; g < L.ng; g++) {
     const int c0 = g * L.vg;
