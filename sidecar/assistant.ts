@@ -383,8 +383,9 @@ export class Assistant {
     try {
       const s = model.createSession({ nCtx, kv: spec });
       this.warnings.delete('kv');
-      // the weights are on the GPU but the device cannot hold this KV spec: the session runs on the CPU
-      if (model.info.backend === 'cuda' && s.backend !== 'cuda') this.warnings.set('backend', s.backendNote);
+      // the weights are on the GPU but the device cannot hold this KV spec as it is: the session runs
+      // on the CPU, or on the GPU with every token kept (the note says which)
+      if (model.info.backend === 'cuda' && s.backendNote) this.warnings.set('backend', s.backendNote);
       else this.warnings.delete('backend');
       this.effectiveSpec = spec;
       return s;

@@ -174,7 +174,8 @@ export class Model {
     this.check();
     const nCtx = opts.nCtx ?? Math.min(this.info.contextLength, 32768);
     const session = new Session(this, this.handle.createSession({ nCtx, kv: opts.kv ?? 'f16' }));
-    if (this.info.backend === 'cuda' && session.backend !== 'cuda') log.warn(`engine: ${session.backendNote}`);
+    // on a CUDA model a note means the session runs on the CPU, or on the GPU with another KV spec
+    if (this.info.backend === 'cuda' && session.backendNote) log.warn(`engine: ${session.backendNote}`);
     return session;
   }
 
@@ -205,11 +206,12 @@ export class Session {
   get nCtx(): number {
     return this.handle.nCtx();
   }
-  /** Where this session runs: the model's backend, or "cpu" when the GPU cannot hold its KV spec. */
+  /** Where this session runs: the model's backend, or "cpu" when the GPU has no form of its KV spec (f32). */
   get backend(): 'cpu' | 'cuda' {
     return this.handle.backend();
   }
-  /** Why a session of a CUDA model runs on the CPU ("" when it does not). */
+  /** For a CUDA model: why the session runs on the CPU, or which KV spec it runs on the GPU instead
+   * of the one asked for (every token kept); "" when it runs as asked. */
   get backendNote(): string {
     return this.handle.backendNote();
   }

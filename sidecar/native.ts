@@ -47,7 +47,8 @@ export interface NativeSession {
   };
   saveState(file: string, meta: string): Promise<void>;
   loadState(file: string): Promise<string>;
-  /** "cuda" when the session runs on the GPU; "cpu" otherwise (backendNote says why, for a CUDA model). */
+  /** "cuda" when the session runs on the GPU; "cpu" otherwise (backendNote says why, for a CUDA model;
+   * on the GPU it names the KV spec in force when that is not the one asked for). */
   backend(): 'cpu' | 'cuda';
   backendNote(): string;
   dispose(): void;

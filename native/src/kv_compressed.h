@@ -83,6 +83,9 @@ struct KvSpec {
 // Parses a spec (grammar above). Throws Error naming the offending item.
 KvSpec parse_kv_spec(const std::string& text);
 std::string kv_spec_string(const KvSpec& s);
+// The same format with every token kept at one precision (the last, least precise tier) and no
+// outliers: how the CUDA backend runs a spec whose eviction, tiers or outliers it does not hold.
+KvSpec kv_spec_uniform(const KvSpec& spec);
 // The expansion of a preset name, or "" if it is not one ("off" is the dense f16 cache).
 std::string kv_preset(const std::string& name);
 

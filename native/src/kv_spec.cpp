@@ -223,6 +223,17 @@ std::string kv_preset(const std::string& name) {
 
 KvSpec parse_kv_spec(const std::string& text) { return Parser(text).run(); }
 
+KvSpec kv_spec_uniform(const KvSpec& spec) {
+  KvSpec u = spec;
+  KvTier t = spec.tiers.back();
+  t.frac = 1.0;
+  u.tiers = {t};
+  u.budget_frac = 1.0;
+  u.budget_tokens = 0;
+  u.outliers = 0.0;
+  return u;
+}
+
 std::string kv_spec_string(const KvSpec& s) {
   std::string out;
   if (s.tiers.size() == 1) {

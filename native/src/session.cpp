@@ -22,12 +22,14 @@ Session::Session(std::shared_ptr<const Model> model, std::shared_ptr<Engine> eng
     : model_(std::move(model)), engine_(std::move(engine)), n_ctx_(n_ctx) {
   if (engine_->cuda) {
     std::string why;
-    if (!cuda_holds_kv(kv_spec, &why)) {
+    const std::string device_spec = cuda_kv_for(kv_spec, &why);
+    if (device_spec.empty()) {
       backend_note_ = "KV spec '" + kv_spec + "' runs on the CPU: " + why;
     } else {
       try {
         std::lock_guard<std::mutex> lock(engine_->device);
-        cuda_ = engine_->cuda->new_session(n_ctx, kv_spec);
+        cuda_ = engine_->cuda->new_session(n_ctx, device_spec);
+        if (device_spec != kv_spec) backend_note_ = why;
       } catch (const std::exception& e) {
         if (engine_->cuda_required) throw;
         backend_note_ = std::string("this session runs on the CPU: ") + e.what();

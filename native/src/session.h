@@ -38,9 +38,10 @@ struct GenerateResult {
 
 class Session {
  public:
-  // On CUDA when engine->cuda is set and cuda_holds_kv(kv_spec) (f16, or one quantized
-  // precision without eviction, tiers or outliers); otherwise on the CPU, with the
-  // reason in backend_note() (an unsupported spec, or under "auto" a device allocation that failed).
+  // On CUDA when engine->cuda is set and cuda_kv_for(kv_spec) names a spec the device holds: the
+  // spec itself (f16, or one quantized precision without eviction, tiers or outliers), or its
+  // format with every token kept (backend_note() says so); otherwise on the CPU, with the reason
+  // in backend_note() (a format the device lacks, or under "auto" a device allocation that failed).
   Session(std::shared_ptr<const Model> model, std::shared_ptr<Engine> engine, int n_ctx, const std::string& kv_spec);
   ~Session();
 

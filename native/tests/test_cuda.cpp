@@ -1143,6 +1143,21 @@ void test_backend_choice() {
     std::string no;
     for (const char* sp : {"balanced", "max", "q4,b0.5", "t8:0.2/4x2", "q4,o0.01", "k4,v4,vg4", "f32", "nonsense"})
       expect(!cuda_holds_kv(sp, &no) && !no.empty(), std::string("the device holds ") + sp);
+    // what a CUDA session runs instead: the format with every token kept at the last tier's bits
+    const std::pair<const char*, const char*> runs_as[] = {
+        {"q4", "q4"},
+        {"balanced", "k2,v2,g128,vg0,r32,rot,o0,b1.0,s8,w256,agnostic,ow32,rw512"},
+        {"q4,b0.5", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
+        {"t8:0.2/4x2", "k4,v2,g64,vg0,r128,norot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
+        {"q4,o0.01", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
+        {"f32", ""},
+        {"nonsense", ""}};
+    for (const auto& [sp, want] : runs_as) {
+      std::string note;
+      const std::string got = cuda_kv_for(sp, &note);
+      expect(got == want, strprintf("cuda_kv_for(%s) = '%s', not '%s'", sp, got.c_str(), want));
+      if (got != sp) expect(!note.empty() && note.find(sp) != std::string::npos, strprintf("cuda_kv_for(%s) said '%s'", sp, note.c_str()));
+    }
     detail = usable ? "device present: auto/cuda choose CUDA" : "no device (" + why + "): auto falls back with the reason, cuda throws it";
   } catch (const std::exception& e) {
     wrong.push_back(std::string("threw: ") + e.what());
@@ -1344,18 +1359,30 @@ void test_session_delegation() {
       qb.save(qfb, "q");
       expect(file_bytes(qfa) == file_bytes(qfb), "q4 state files differ between the backends");
     }
-    // specs the device does not hold, and device allocations that fail
-    Session q(m, dev_engine, 64, "balanced");
-    expect(std::string(q.backend()) == "cpu" && q.backend_note().find("KV spec 'balanced' runs on the CPU") != std::string::npos,
-           "balanced session: " + q.backend_note());
+    // an evicting spec: its format on the device, every token kept (as a CPU session of that
+    // format computes it); a cache the device lacks (f32): the CPU; device allocations that fail
+    {
+      const std::string uniform = kv_spec_string(kv_spec_uniform(parse_kv_spec("balanced")));
+      expect(uniform == "k2,v2,g128,vg0,r32,rot,o0,b1.0,s8,w256,agnostic,ow32,rw512", "uniform balanced: " + uniform);
+      Session qb(m, dev_engine, 64, "balanced"), qa(m, cpu_engine, 64, uniform);
+      expect(std::string(qb.backend()) == "cuda" && qb.kv_spec() == uniform &&
+                 qb.backend_note().find("KV spec 'balanced' runs on the GPU as '" + uniform + "'") != std::string::npos,
+             "balanced on the device: " + qb.backend_note());
+      qa.eval(prompt, true, {});
+      qb.eval(prompt, true, {});
+      expect(*qa.logits() == *qb.logits(), "balanced on the device differs from its format on the CPU");
+    }
+    Session q(m, dev_engine, 64, "f32");  // the dense f32 cache: no device form
+    expect(std::string(q.backend()) == "cpu" && q.backend_note().find("KV spec 'f32' runs on the CPU") != std::string::npos,
+           "f32 session: " + q.backend_note());
     Session big(m, dev_engine, 2000, "f16");  // "auto": out of memory falls back
     expect(std::string(big.backend()) == "cpu" && big.backend_note().find("out of memory") != std::string::npos,
            "auto OOM: " + big.backend_note());
     throws([&] { Session bad(m, dev_engine, 64, "nonsense"); }, "", "unknown spec");
     dev_engine->cuda_required = true;  // backend "cuda": the same is an error
     throws([&] { Session big2(m, dev_engine, 2000, "f16"); }, "out of memory", "required OOM");
-    Session q2(m, dev_engine, 64, "balanced");
-    expect(std::string(q2.backend()) == "cpu", "required: an unsupported spec still falls back");
+    Session q2(m, dev_engine, 64, "f32");
+    expect(std::string(q2.backend()) == "cpu", "required: a format the device lacks still falls back");
   } catch (const std::exception& e) {
     wrong.push_back(std::string("threw: ") + e.what());
   }

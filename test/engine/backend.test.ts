@@ -200,16 +200,26 @@ test('CUDA sessions match CPU sessions (prefill, greedy decode, rewind, state fi
   }
 });
 
-test('a KV spec the device does not hold falls back to a CPU session with the reason', { skip: noGpu }, async () => {
+test('an evicting KV spec runs on the GPU with every token kept; a cache the device lacks falls back to the CPU', { skip: noGpu }, async () => {
   const g = await Model.load(file, { threads: 2, backend: 'auto' });
   try {
     assert.equal(g.info.backend, 'cuda');
+    const prompt = g.tokenize('hello', { addBos: true });
+    // balanced = 2-bit blocks plus eviction: the device keeps the format, every token kept
     const s = g.createSession({ nCtx: 64, kv: 'balanced' });
-    assert.equal(s.backend, 'cpu');
-    assert.match(s.backendNote, /KV spec 'balanced' runs on the CPU/);
-    const logits = await s.prefill(g.tokenize('hello', { addBos: true }));
+    assert.equal(s.backend, 'cuda');
+    assert.match(s.backendNote, /KV spec 'balanced' runs on the GPU as 'k2,v2,g128,vg0,r32,rot,o0,b1\.0,/);
+    const logits = await s.prefill(prompt);
     assert.ok(logits && logits.every(Number.isFinite));
+    assert.match(s.kvStats().spec ?? '', /b1\.0/);
     s.dispose();
+    // the dense f32 cache has no device form: the CPU, saying why
+    const c = g.createSession({ nCtx: 64, kv: 'f32' });
+    assert.equal(c.backend, 'cpu');
+    assert.match(c.backendNote, /KV spec 'f32' runs on the CPU/);
+    const cl = await c.prefill(prompt);
+    assert.ok(cl && cl.every(Number.isFinite));
+    c.dispose();
   } finally {
     g.dispose();
   }

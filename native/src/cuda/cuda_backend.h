@@ -37,6 +37,7 @@ inline bool cuda_holds_kv(const std::string& spec, std::string* why = nullptr) {
     if (why) *why = w;
     return false;
   };
+  if (spec == "f32") return no("the f32 cache is CPU-only (the device keeps f16)");
   KvSpec s;
   try {
     s = parse_kv_spec(spec);
@@ -48,6 +49,25 @@ inline bool cuda_holds_kv(const std::string& spec, std::string* why = nullptr) {
   if (s.outliers > 0) return no("KV spec '" + spec + "' keeps outliers (the CUDA backend holds dense codes only)");
   if (s.vgroup != 0 && s.vgroup < 8) return no("KV spec '" + spec + "': value groups under 8 are not on the CUDA backend");
   return true;
+}
+
+// The KV spec a CUDA session runs for `spec`: `spec` itself when the device holds it; when it
+// only adds eviction, tiers or outliers to a format the device holds, that format with every
+// token kept at one precision (kv_spec_uniform: GPU speed, more bytes than the spec asked for);
+// otherwise "" (the session runs on the CPU). *why says which and why.
+inline std::string cuda_kv_for(const std::string& spec, std::string* why) {
+  if (cuda_holds_kv(spec, why)) return spec;
+  std::string uniform;
+  try {
+    uniform = kv_spec_string(kv_spec_uniform(parse_kv_spec(spec)));
+  } catch (const std::exception&) {
+    return "";  // not a spec: *why has the parse error
+  }
+  if (!cuda_holds_kv(uniform)) return "";  // *why: the first reason the device cannot hold spec
+  if (why)
+    *why = "KV spec '" + spec + "' runs on the GPU as '" + uniform +
+           "', every token kept at one precision (the CUDA backend does not evict, tier or keep outliers yet; the CPU backend does)";
+  return uniform;
 }
 
 struct CudaSessionOptions {
