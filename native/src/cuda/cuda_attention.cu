@@ -237,6 +237,8 @@ void launch_attention(const AttnShape& a, const int* pos, int n, const float* q,
 }
 
 void launch_attention_combine(const AttnShape& a, int n, const float* partial, float* out, int n_splits, cudaStream_t s) {
+  LKV_CHECK(n_splits >= 1 && n_splits <= kAttnMaxSplits && (a.head_dim == 64 || a.head_dim == 128),
+            "attention merge: %d splits of head size %d", n_splits, a.head_dim);
   attention_combine_kernel<<<dim3(a.n_head, n), a.head_dim, 0, s>>>(partial, out, a.n_head, n_splits, a.head_dim);
   LKV_CUDA_LAUNCHED("attention_combine");
 }
