@@ -12,6 +12,7 @@ import { createHash } from 'crypto';
 import { checkFlags, flagBool, flagNum, flagStr, parseArgs, ParsedArgs, UsageError } from './args';
 import { registerCommand } from './cli';
 import { readGgufHeader, summarizeGguf } from './gguf-header';
+import { requantizeLlamaState } from './llama-state';
 import type { DecodeResult, PhaseCpu, PrefillResult, RowConfig, WorkerOp, WorkerStats } from './bench-worker';
 import { machineTicks } from './bench-worker';
 
@@ -346,8 +347,12 @@ export interface RowResult {
   decode: Record<string, DecodeStat>;
   /** Untimed-as-a-measure context fills of the long-context chain (how long they took). */
   fills: { from: number; to: number; tokensPerSecond: number; wallMs: number; othersShare: number }[];
-  /** Long contexts restored from a state saved by an earlier run (file date), not filled here. */
-  restored: { to: number; ms: number; savedAt: string }[];
+  /**
+   * Long contexts restored from a state saved by an earlier run (file date), not filled here;
+   * `from`: a llama.cpp quantized cache derived from that engine's saved f16 state (requantized
+   * as llama.cpp stores it: decode speed does not depend on the cached values).
+   */
+  restored: { to: number; ms: number; savedAt: string; from?: string }[];
   rss: { beforeLoadMiB: number; shortMiB: number | null; peakMiB: number; peakCtx: number; anonMiB: number; fileMiB: number };
   kvAllocatedBytes: number;
   /** Why this row has no numbers (it failed to load or to start a session). */
@@ -698,7 +703,14 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const chainContexts = (m: BenchModel) => o.contexts.filter((c) => c > SHORT_LIMIT && (c <= MID_LIMIT || isLong(m)));
   /** Restoring a saved context: reading the file (a guess until one was timed). */
   const RESTORE_EST_MS = 15000;
-  const hasState = (r: Row, c: number) => o.stateCache && c > MID_LIMIT && fs.existsSync(stateFile(r.model, r.config, c));
+  /** llama.cpp's f16 state at c, from which a quantized cache's state can be derived (filling q4_0 to 16k takes hours here). */
+  const derivable = (r: Row, c: number): string | null => {
+    if (r.config.engine !== 'llama.cpp' || !(r.config.kv === 'q8_0' || r.config.kv === 'q4_0')) return null;
+    const f16 = stateFile(r.model, { ...r.config, kv: 'f16' }, c);
+    return fs.existsSync(f16) ? f16 : null;
+  };
+  const hasState = (r: Row, c: number) =>
+    o.stateCache && c > MID_LIMIT && (fs.existsSync(stateFile(r.model, r.config, c)) || derivable(r, c) !== null);
   /** Cost of bringing the rows from `from` to c tokens: restoring the rows with a saved state, filling the rest. */
   const reachCost = (rows: Row[], from: number, c: number) =>
     rows.reduce((s, r) => s + (hasState(r, c) ? RESTORE_EST_MS : estFillMs(r, from, c)), 0);
@@ -724,15 +736,26 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const restore = async (rows: Row[], c: number): Promise<void> => {
     for (const row of [...rows]) {
       const file = stateFile(row.model, row.config, c);
+      // a derived state is made for this run only and removed after: a later run derives it
+      // again (seconds) rather than mistake it for one filled with that cache
+      const src = fs.existsSync(file) ? null : derivable(row, c);
+      const use = src ? `${file}.derived` : file;
       try {
-        const r = await row.worker.call<{ ms: number }>({ op: 'restore', file, n: c });
-        row.result.restored.push({ to: c, ms: Math.round(r.ms), savedAt: fs.statSync(file).mtime.toISOString() });
-        log(`${stamp()} ${rowName(row)} context ${c} restored from ${path.basename(file)} in ${(r.ms / 1000).toFixed(1)} s`);
+        if (src) {
+          const t0 = performance.now();
+          requantizeLlamaState(src, use, row.config.kv as 'q8_0' | 'q4_0', row.model.headDim);
+          log(`${stamp()} ${rowName(row)} context ${c}: state derived from ${path.basename(src)} (KV requantized as llama.cpp stores ${row.config.kv}) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        }
+        const r = await row.worker.call<{ ms: number }>({ op: 'restore', file: use, n: c });
+        row.result.restored.push({ to: c, ms: Math.round(r.ms), savedAt: fs.statSync(src ?? file).mtime.toISOString(), ...(src ? { from: 'f16' } : {}) });
+        log(`${stamp()} ${rowName(row)} context ${c} restored from ${path.basename(use)} in ${(r.ms / 1000).toFixed(1)} s`);
       } catch (e) {
         log(`${stamp()} ${rowName(row)}: saved context ${c} unusable (${(e instanceof Error ? e.message : String(e)).split('\n')[0]}); filling instead`);
-        fs.rmSync(file, { force: true });
+        if (!src) fs.rmSync(file, { force: true });
         await safe(row, () => row.worker.call({ op: 'open', nCtx: ctxFor(Math.max(c, row.result.rss.peakCtx)) }));
         await extend([row], c);
+      } finally {
+        if (src) fs.rmSync(use, { force: true });
       }
     }
   };
@@ -996,10 +1019,14 @@ export function renderMarkdown(rep: BenchReport, svgName?: string): string {
   L.push(`† = other processes used more than ${(d.maxDisturb * 100).toFixed(0)}% of the machine (CPU time from /proc/stat less the engine's own) during that phase; ` +
     `a disturbed phase is repeated (up to ${rep.options.retries} times) when the machine turns quiet within 15 s, else kept and marked. ` +
     `This run: ${d.phases} timed phases, ${d.retried} repeats of disturbed ones, ${d.stillDisturbed} still disturbed; ${(d.quietWaitMs / 1000).toFixed(0)} s waiting for a quiet machine. Wall time ${(rep.wallMs / 60000).toFixed(1)} min.`);
-  const restored = rep.rows.flatMap((r) => (r.restored ?? []).map((x) => `${r.model} ${r.engine} ${r.kv} @${ctxLabel(x.to)} (saved ${x.savedAt.slice(0, 16).replace('T', ' ')})`));
+  const restored = rep.rows.flatMap((r) => (r.restored ?? []).map((x) =>
+    `${r.model} ${r.engine} ${r.kv} @${ctxLabel(x.to)} (saved ${x.savedAt.slice(0, 16).replace('T', ' ')}${x.from ? `, derived from its ${x.from} state` : ''})`));
   if (restored.length) {
     L.push('');
     L.push(`Long contexts restored from states an earlier run saved (same engine build, model file and KV setting) instead of filled again: ${restored.join('; ')}.`);
+    if (rep.rows.some((r) => r.restored?.some((x) => x.from)))
+      L.push(`A state "derived from its f16 state" is llama.cpp's own f16-cache state with the keys and values requantized and rotated as llama.cpp stores that cache type ` +
+        `(sidecar/llama-state.ts): the same tokens and positions, values within quantization noise of a direct fill, whose hours of CPU it saves; decode speed does not depend on the cached values.`);
   }
   if (rep.skipped.length) {
     L.push('');

@@ -89,6 +89,17 @@ export function compareLogProbs(a: Float64Array, b: Float64Array): Divergence {
   return { maxAbsDiff, kl, argmaxA: argmax(a), argmaxB: argmax(b) };
 }
 
+/** The log-distribution of a controlledEvaluate item that asked for probabilities, renormalized in float64. */
+export function logProbsOf(item: unknown): Float64Array {
+  const probs = (item as { next: { probabilities: Map<number, number> } }).next.probabilities;
+  const n = probs.size;
+  const lp = new Float64Array(n);
+  let s = 0;
+  for (let i = 0; i < n; i++) s += probs.get(i) ?? 0;
+  for (let i = 0; i < n; i++) lp[i] = Math.log(Math.max(probs.get(i) ?? 0, 1e-300) / s);
+  return lp;
+}
+
 /**
  * llama.cpp's next-token log-distribution after `tokens` (the oracle). KV cache type f32 unless
  * told otherwise; flash attention off. Probabilities come from controlledEvaluate at temperature 0,
@@ -111,13 +122,7 @@ export async function llamaCppLogProbs(modelPath: string, tokens: number[], kvTy
       const items: (number | [number, { generateNext: { probabilities: true } }])[] = tokens.slice(0, -1);
       items.push([tokens[tokens.length - 1], { generateNext: { probabilities: true } }]);
       const res = await seq.controlledEvaluate(items as never);
-      const probs = (res[res.length - 1] as { next: { probabilities: Map<number, number> } }).next.probabilities;
-      const n = probs.size;
-      const lp = new Float64Array(n);
-      let s = 0;
-      for (let i = 0; i < n; i++) s += probs.get(i) ?? 0;
-      for (let i = 0; i < n; i++) lp[i] = Math.log(Math.max(probs.get(i) ?? 0, 1e-300) / s);
-      return lp;
+      return logProbsOf(res[res.length - 1]);
     } finally {
       await ctx.dispose();
     }
