@@ -181,7 +181,7 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   /** "Explain File": the sidecar builds the prompt from the file and the workspace. */
   explainFile(uri: vscode.Uri, opts: AskOptions = {}): Promise<Turn> {
     const rel = vscode.workspace.asRelativePath(uri, false);
-    return this.run('explain', `Explain ${rel}`, (client, token, ct) =>
+    return this.run('explain', `Explain ${rel}`, undefined, (client, token, ct) =>
       request(client, ExplainFile, { uri: uri.toString(), maxTokens: opts.maxTokens, partialResultToken: token }, ct),
     );
   }
@@ -203,11 +203,11 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   private chat(kind: Turn['kind'], shown: string, content: string, context: ContextMode, opts: AskOptions): Promise<Turn> {
     const messages: ChatMessage[] = [];
     for (const t of this.turns.filter((t) => t.state === 'done').slice(-HISTORY_TURNS)) {
-      messages.push({ role: 'user', content: t.prompt }, { role: 'assistant', content: t.answer });
+      messages.push({ role: 'user', content: t.sent ?? t.prompt }, { role: 'assistant', content: t.answer });
     }
     messages.push({ role: 'user', content });
     const uri = vscode.window.activeTextEditor?.document.uri ?? this.lastEditor;
-    return this.run(kind, shown, (client, token, ct) => {
+    return this.run(kind, shown, content !== shown ? content : undefined, (client, token, ct) => {
       const params: ChatParams = {
         messages,
         context,
@@ -224,13 +224,17 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
   private async run(
     kind: Turn['kind'],
     prompt: string,
+    sent: string | undefined,
     send: (client: import('vscode-languageclient/node').LanguageClient, token: string, ct: vscode.CancellationToken) => Promise<ChatResult>,
   ): Promise<Turn> {
-    if (this.active) {
+    // A new question stops the answer in flight. A loop, not a single wait: two questions waiting
+    // on the same answer would otherwise both start, and the first could no longer be stopped;
+    // this way each waiter stops whichever started before it, and the latest question wins.
+    while (this.active) {
       this.stop();
       await this.idle();
     }
-    const turn: Turn = { id: `t${this.nextId++}`, kind, prompt, answer: '', state: 'streaming' };
+    const turn: Turn = { id: `t${this.nextId++}`, kind, prompt, answer: '', state: 'streaming', ...(sent !== undefined ? { sent } : {}) };
     const cts = new vscode.CancellationTokenSource();
     let settle!: () => void;
     const settled = new Promise<void>((r) => (settle = r));
@@ -279,7 +283,8 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
         void vscode.commands.executeCommand('setContext', 'llamakv.busy', false);
       }
       settle();
-      this.post({ type: 'turn', turn });
+      // a turn removed by Clear while it ran stays gone (posting it would bring it back as "stopped")
+      if (this.turns.includes(turn)) this.post({ type: 'turn', turn });
       this.post({ type: 'info', info: this.panelInfo(this.ctx.phase) });
       this.turnEmitter.fire(turn);
       void this.ctx.refreshStatus();
@@ -294,14 +299,15 @@ export class ChatViewProvider implements vscode.WebviewViewProvider, vscode.Disp
     a.cts.cancel();
     a.turn.state = 'cancelled';
     a.turn.stopReason = 'cancelled';
-    this.post({ type: 'turn', turn: a.turn });
+    if (this.turns.includes(a.turn)) this.post({ type: 'turn', turn: a.turn });
     this.turnEmitter.fire(a.turn);
   }
 
+  /** Clear Conversation: the turns go first, so stopping the answer in flight shows nothing of it again. */
   clear(): void {
-    this.stop();
     this.turns.length = 0;
     this.post({ type: 'cleared' });
+    this.stop();
   }
 
   /** Test hook: post any message to the webview as if it came from the conversation. */

@@ -11,6 +11,8 @@ export interface Turn {
   kind: 'explain' | 'selection' | 'chat';
   /** What the user asked, shown as plain text. */
   prompt: string;
+  /** The user message the model got, when it holds more than `prompt` (Ask About Selection: the selected code). */
+  sent?: string;
   answer: string;
   state: TurnState;
   error?: string;

@@ -15,6 +15,7 @@ import {
   fileChunk,
   FILE_INTRO,
   layoutPrefix,
+  fitHistory,
   PLAIN_INTRO,
   prefixOverhead,
   PROMPT_VERSION,
@@ -96,7 +97,13 @@ const emptyKv = (spec: string): KvStats => ({ tokens: 0, residentTokens: 0, byte
 
 /** `file:` URI or path → absolute path. */
 export function uriToPath(uri: string): string {
-  if (/^file:/i.test(uri)) return fileURLToPath(uri);
+  if (/^file:/i.test(uri)) {
+    try {
+      return fileURLToPath(uri);
+    } catch (e) {
+      throw new UserError(`not a local file URI: ${uri} (${(e as Error).message})`);
+    }
+  }
   if (/^[a-z][a-z0-9+.-]+:/i.test(uri) && !/^[a-z]:[\\/]/i.test(uri)) throw new UserError(`only file: URIs are supported, got ${uri}`);
   return path.resolve(uri);
 }
@@ -276,8 +283,12 @@ export class Assistant {
     if (found) return { file: found.path, source: found.source };
     this.modelState = 'loading';
     this.changed();
-    const demo = await ensureDemoModel(this.storageDir);
-    return { file: demo.path, source: 'demo' };
+    try {
+      const demo = await ensureDemoModel(this.storageDir);
+      return { file: demo.path, source: 'demo' };
+    } catch (e) {
+      throw this.failModel(new UserError(`no model found, and the demo model could not be made in ${this.storageDir}: ${(e as Error).message}`));
+    }
   }
 
   private failModel(e: Error): Error {
@@ -652,12 +663,30 @@ export class Assistant {
     return abs;
   }
 
-  private readForPrompt(file: string): string {
+  /**
+   * A file's text for a question about it (Explain File, file context): the editor's text if open,
+   * else at most `maxBytes` from disk (cut at a line end), so a huge log or dump costs a bounded
+   * read and tokenization before clipToTokens trims it to the room left.
+   */
+  private readForPrompt(file: string, maxBytes: number): string {
     const doc = this.openDocs.get(file);
-    if (doc) return doc.text;
+    if (doc) return doc.text.length > maxBytes ? doc.text.slice(0, maxBytes) : doc.text;
     let data: Buffer;
     try {
-      data = fs.readFileSync(file);
+      const fd = fs.openSync(file, 'r');
+      try {
+        const size = fs.fstatSync(fd).size;
+        const buf = Buffer.alloc(Math.min(size, maxBytes));
+        let got = 0;
+        for (let n = 1; got < buf.length && n > 0; got += n) n = fs.readSync(fd, buf, got, buf.length - got, got);
+        data = buf.subarray(0, got);
+        if (size > got) {
+          const nl = data.lastIndexOf(10);
+          if (nl > 0) data = data.subarray(0, nl + 1);
+        }
+      } finally {
+        fs.closeSync(fd);
+      }
     } catch (e) {
       throw new UserError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
@@ -684,6 +713,8 @@ export class Assistant {
     let scratch: Session | null = null;
     let prompt: number[];
 
+    // what the answer may use; earlier turns of a long chat give way to it (fitHistory)
+    const answerRoom = Math.max(1, opts.maxTokens ?? this.settings.maxAnswerTokens ?? 512);
     const cancelledResult = (): ChatResult => this.result(model, '', prefilledNow + cached, cached, 0, session ?? null, ctxInfo, 'cancelled', t0, 0, 0);
 
     if (mode === 'workspace') {
@@ -705,25 +736,30 @@ export class Assistant {
         const inPrefix = prefix.layout.spans.some((s) => s.rel === rel && !s.hash.startsWith('partial:'));
         if (!inPrefix) {
           // Not in the workspace prefix (left out, or outside the folders): the file goes with the question.
-          const text = this.readForPrompt(opts.explain);
           const room = session.nCtx - prefix.nTokens - 512;
+          const text = this.readForPrompt(opts.explain, promptBytesFor(room));
           const clipped = clipToTokens(model, text, Math.max(0, room));
           convo = [{ role: 'user', content: `${fileChunk(rel, clipped)}${conversation[0].content}` }];
         }
       }
-      prompt = conversationTail(model, convo);
+      const fit = fitHistory(convo, (c) => conversationTail(model, c), session.nCtx - prefix.nTokens - answerRoom);
+      prompt = fit.tokens;
+      if (fit.dropped) log.info(`chat: the ${fit.dropped} oldest messages left out so the answer has room`);
     } else {
       let system = PLAIN_INTRO;
       if (mode === 'file') {
         const file = uriToPath(opts.uri!);
         const rel = this.relPath(file);
-        const text = this.readForPrompt(file);
-        system = FILE_INTRO + fileChunk(rel, clipToTokens(model, text, Math.max(0, this.nCtx(model) - 1024)));
+        const room = Math.max(0, this.nCtx(model) - 1024);
+        const text = this.readForPrompt(file, promptBytesFor(room));
+        system = FILE_INTRO + fileChunk(rel, clipToTokens(model, text, room));
         ctxInfo = { mode, files: 1, tokens: 0, leftOut: 0 };
       }
+      const fit = fitHistory(conversation, (c) => standalonePrompt(model, system, c), this.nCtx(model) - answerRoom);
+      prompt = fit.tokens;
+      if (fit.dropped) log.info(`chat: the ${fit.dropped} oldest messages left out so the answer has room`);
       scratch = this.createSession(model, this.nCtx(model));
       session = scratch;
-      prompt = standalonePrompt(model, system, conversation);
       ctxInfo.tokens = prompt.length;
     }
 
@@ -742,7 +778,7 @@ export class Assistant {
       }
       prefilledNow += prompt.length;
       const prefillMs = Date.now() - tp;
-      const maxTokens = Math.max(1, Math.min(opts.maxTokens ?? this.settings.maxAnswerTokens ?? 512, room));
+      const maxTokens = Math.min(answerRoom, room);
       const gen = session.generate({ maxTokens, temperature: opts.temperature ?? 0, repeatPenalty: 1.1, signal });
       let text = '';
       let summary;
@@ -945,7 +981,12 @@ function clipToTokens(model: Model, text: string, maxTokens: number): string {
   const toks = model.tokenize(text, { addBos: false, special: false });
   if (toks.length <= maxTokens) return text;
   const kept = model.detokenize(toks.slice(0, maxTokens), false);
-  return `${kept}\n… [cut: the file is ${toks.length} tokens, ${maxTokens} fit]\n`;
+  return `${kept}\n… [cut: only the first ${maxTokens} tokens of the file fit]\n`;
+}
+
+/** Bytes worth reading for `tokens` tokens of text: generous (tokens average 3-4 bytes of code), so clipToTokens decides. */
+function promptBytesFor(tokens: number): number {
+  return 16 * Math.max(0, tokens) + 4096;
 }
 
 // ---- parameter validation ------------------------------------------------------------------------

@@ -173,3 +173,23 @@ export function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number
   while (i < n && a[i] === b[i]) i++;
   return i;
 }
+
+/**
+ * The prompt `build` makes of the conversation, without as many of its oldest turns as it takes
+ * to stay within `limit` tokens: leading system messages stay, then the earliest turns go first
+ * (a user message with the answer after it, together), and the last message (the question)
+ * always stays, so a long chat leaves the answer its room instead of failing or cutting it short.
+ */
+export function fitHistory(conversation: ChatMessage[], build: (c: ChatMessage[]) => number[], limit: number): { tokens: number[]; dropped: number } {
+  let c = conversation;
+  let tokens = build(c);
+  let dropped = 0;
+  const sys = c.findIndex((m) => m.role !== 'system');
+  for (;;) {
+    if (tokens.length <= limit || sys < 0 || c.length - sys <= 1) return { tokens, dropped };
+    const n = c[sys].role === 'user' && c[sys + 1]?.role === 'assistant' && c.length - sys > 2 ? 2 : 1;
+    c = [...c.slice(0, sys), ...c.slice(sys + n)];
+    dropped += n;
+    tokens = build(c);
+  }
+}

@@ -20,7 +20,7 @@ import {
 } from 'vscode-languageserver/node';
 import { TextDocument } from 'vscode-languageserver-textdocument';
 import { CancelledError } from './engine';
-import { AnswerHooks, Assistant, BusyError, ProgressSink, UserError } from './assistant';
+import { AnswerHooks, Assistant, BusyError, ProgressSink, uriToPath, UserError } from './assistant';
 import { consoleToStderr, log } from './log';
 import * as P from './protocol';
 import type { ChatParams, ExplainFileParams, IndexWorkspaceParams, SidecarSettings } from './protocol';
@@ -201,7 +201,7 @@ export function startServer(connection: Connection): Assistant {
         throw new UserError('llamakv/loadModel: params must be { path: string }');
       }
       const hooks = hooksFor(token, undefined);
-      const p = params.path.startsWith('file:') ? fileURLToPath(params.path) : params.path;
+      const p = params.path.startsWith('file:') ? uriToPath(params.path) : params.path;
       return await assistant.loadModel(p, hooks.signal);
     } catch (e) {
       throw toResponseError('llamakv/loadModel', e);

@@ -20,7 +20,8 @@ import {
   WorkspacePrefix,
   writeFileAtomic,
 } from '../../sidecar/prefix-cache';
-import { commonPrefix, conversationTail, fileChunk, layoutPrefix, PromptModel, renderSegments, standalonePrompt, WORKSPACE_INTRO } from '../../sidecar/prompt';
+import { commonPrefix, conversationTail, fileChunk, fitHistory, layoutPrefix, PromptModel, renderSegments, standalonePrompt, WORKSPACE_INTRO } from '../../sidecar/prompt';
+import type { ChatMessage } from '../../sidecar/protocol';
 import { sanitizeSettings } from '../../sidecar/server';
 import { tmpDirsRemovedAfter } from '../helpers';
 
@@ -186,6 +187,9 @@ test('params: malformed chat / explain params get clear messages', () => {
   assert.throws(() => validateExplain({ uri: 'a', maxTokens: 1.5 }), /maxTokens/);
   assert.equal(uriToPath('file:///tmp/a%20b.ts'), '/tmp/a b.ts');
   assert.throws(() => uriToPath('untitled:Untitled-1'), /only file: URIs/);
+  // malformed file URIs are the caller's mistake (InvalidParams), not an internal TypeError
+  for (const bad of ['file://remote-host/share/a.ts', 'file:///tmp/a%2Fb.ts'])
+    assert.throws(() => uriToPath(bad), (e: Error) => e.name === 'UserError' && /not a local file URI/.test(e.message), bad);
 });
 
 test('settings: wrong types dropped, files.exclude object form accepted', () => {
@@ -202,4 +206,20 @@ test('format: the KV summary line', () => {
     'KV cache: 1.9 GB \u2192 236 MB (\u221288%), 96,412 workspace tokens, 4 files left out',
   );
   assert.equal(kvSummaryLine({ f16Bytes: 0, bytes: 0 }, 1, 1), 'KV cache: 0 B \u2192 0 B (0%), 1 workspace token, 1 file left out');
+});
+
+test('fitHistory: the oldest turns give way, a pair at a time; the question and system messages stay', () => {
+  const m = (role: ChatMessage['role'], n: number): ChatMessage => ({ role, content: 'x'.repeat(n) });
+  const build = (c: ChatMessage[]) => new Array(c.reduce((s, x) => s + x.content.length, 0)).fill(0);
+  const convo = [m('system', 5), m('user', 10), m('assistant', 100), m('user', 10), m('assistant', 100), m('user', 20)];
+  assert.deepEqual(fitHistory(convo, build, 1000), { tokens: build(convo), dropped: 0 });
+  // 245 > 200: the first pair (110) goes -> 135
+  assert.equal(fitHistory(convo, build, 200).dropped, 2);
+  assert.equal(fitHistory(convo, build, 200).tokens.length, 135);
+  // 135 > 100: the second pair too -> system + question = 25
+  assert.deepEqual([fitHistory(convo, build, 100).dropped, fitHistory(convo, build, 100).tokens.length], [4, 25]);
+  // nothing fits: the question stays anyway (the caller reports what does not fit)
+  assert.deepEqual([fitHistory(convo, build, 3).dropped, fitHistory(convo, build, 3).tokens.length], [4, 25]);
+  // an unpaired leading assistant message goes alone
+  assert.equal(fitHistory([m('assistant', 50), m('user', 5), m('assistant', 5), m('user', 5)], build, 20).dropped, 1);
 });

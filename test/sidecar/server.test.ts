@@ -179,6 +179,24 @@ test('explain streams partial results and reuses the warm prefix', { skip }, asy
   assert.equal(s.workspace.lastPrefilledTokens, 0);
 });
 
+test('explain of a huge file outside the workspace reads only what fits the context', { skip, timeout: 60_000 }, async () => {
+  const c = client!;
+  // a 3 GiB log (sparse: 256 KiB of lines, then a hole): more than Node reads into one buffer,
+  // so reading it whole fails; the sidecar reads what the context can hold and cuts it there
+  const big = path.join(base, 'big.log');
+  const line = 'INFO request handled in 12 ms by worker 7 of the pool\n';
+  fs.writeFileSync(big, line.repeat(Math.ceil((256 << 10) / line.length)));
+  fs.truncateSync(big, 3 * 2 ** 30);
+  try {
+    const r = await c.conn.sendRequest(ExplainFile, { uri: pathToFileURL(big).href, maxTokens: 4 });
+    assert.equal(r.context.mode, 'workspace');
+    assert.ok(r.usage.promptTokens <= 4096 - 4, `prompt ${r.usage.promptTokens} tokens fits the 4096-token context`);
+    assert.ok(r.usage.promptTokens > indexed.tokens + 16, `the file went with the question (${r.usage.promptTokens} tokens, the workspace ${indexed.tokens})`);
+  } finally {
+    fs.rmSync(big, { force: true });
+  }
+});
+
 test('cancel mid-answer stops promptly, keeps the cache, and the next answer is the same as before', { skip }, async () => {
   const c = client!;
   const cts = new CancellationTokenSource();

@@ -190,6 +190,50 @@ test('Stop cancels a streaming answer, and the sidecar stops generating', async 
   await until('the sidecar to be idle', () => api.lastStatus() && !api.lastStatus()!.busy, 15_000);
 }, 90_000);
 
+/** Starts a long Explain File and waits until its answer streams. */
+async function streamingExplain(rel: string): Promise<{ turn: Turn; done: Thenable<Turn> }> {
+  const n = api.chat.transcript().length;
+  const done = vscode.commands.executeCommand('llamakv.explainFile', file(rel), { maxTokens: 2000 }) as Thenable<Turn>;
+  const turn = await until('the answer to start streaming', () => {
+    const t = api.chat.transcript()[n];
+    return t && t.state === 'streaming' && t.answer.length > 0 ? t : undefined;
+  }, 60_000);
+  return { turn, done };
+}
+
+test('two questions while one answers: each stops the one before it, the last one answers', async () => {
+  const a = await streamingExplain('src/main.ts');
+  // both arrive while the first still streams: the later one must be able to stop the earlier
+  const b = vscode.commands.executeCommand('llamakv.explainFile', file('src/main.ts'), { maxTokens: 2000 }) as Thenable<Turn>;
+  const c = vscode.commands.executeCommand('llamakv.explainFile', file('src/greet.ts'), { maxTokens: 8 }) as Thenable<Turn>;
+  const [ta, tb, tc] = await Promise.all([a.done, b, c]);
+  assert.strictEqual(ta.state, 'cancelled');
+  assert.strictEqual(tb.state, 'cancelled', 'the middle question kept answering after the last one started');
+  assert.strictEqual(tc.state, 'done', tc.error);
+  assert.ok(!api.chat.busy(), 'the panel still says it is busy');
+  assert.ok(!api.chat.transcript().some((t) => t.state === 'streaming'), 'a turn is left streaming');
+  await until('the sidecar to be idle', () => api.lastStatus() && !api.lastStatus()!.busy, 15_000);
+}, 120_000);
+
+test('Clear Conversation during an answer: the cleared answer does not come back', async () => {
+  const a = await streamingExplain('src/main.ts');
+  const rendered: string[] = [];
+  const d = api.chat.onDidRender((m) => {
+    if (m.id === a.turn.id) rendered.push(m.state);
+  });
+  try {
+    await vscode.commands.executeCommand('llamakv.clearChat');
+    const t = await a.done;
+    assert.strictEqual(t.state, 'cancelled');
+    await new Promise((r) => setTimeout(r, 1500)); // room for a stray re-render to arrive
+    assert.deepStrictEqual(api.chat.transcript(), []);
+    assert.deepStrictEqual(rendered, [], 'the webview rendered the cleared turn again');
+  } finally {
+    d.dispose();
+  }
+  await until('the sidecar to be idle', () => api.lastStatus() && !api.lastStatus()!.busy, 15_000);
+}, 90_000);
+
 test('a killed sidecar is restarted, and the next request works', async () => {
   const pid = api.sidecarPid()!;
   const starts = api.sidecarStarts();
@@ -264,6 +308,9 @@ test('Ask About Selection answers about the selected code', async () => {
   assert.strictEqual(turn.state, 'done', turn.error);
   assert.strictEqual(turn.kind, 'selection');
   assert.match(turn.prompt, /src\/greet\.ts:8-11/);
+  // what the model got (and what a follow-up sends as history) carries the selected code
+  assert.ok(turn.sent && turn.sent.includes(editor.document.getText(editor.selection)), `the selection is not in what was sent: ${turn.sent}`);
+  assert.ok(turn.sent!.startsWith('What does greet return?'));
 }, 60_000);
 
 test('Index Workspace indexes the fixture and names what it left out', async () => {
