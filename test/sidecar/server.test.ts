@@ -422,3 +422,22 @@ test('no model anywhere: the demo model is generated, used and flagged everywher
   assert.ok(fs.existsSync(path.join(demoStorage, 'llamakv-demo-llama3.gguf')));
   assert.equal(await c.stop(), 0);
 });
+
+test('no model anywhere and no room to make the demo one: a model error, not "loading" for ever', { skip }, async () => {
+  const emptyHome = tmpDir('llamakv-emptyhome-');
+  cleanup.push(emptyHome);
+  const notADir = path.join(emptyHome, 'storage-is-a-file');
+  fs.writeFileSync(notADir, 'x');
+  const c = await SidecarClient.start({
+    roots: [ws.root],
+    settings: { storageDir: notADir, contextMaxTokens: 2048, autoIndex: false, kvSpec: 'f16' },
+    env: { HOME: emptyHome, XDG_CACHE_HOME: path.join(emptyHome, '.cache') },
+  });
+  clients.push(c);
+  const e = await rpcError(c.conn.sendRequest(Chat, { messages: [{ role: 'user', content: 'hello' }], context: 'none', maxTokens: 3 }));
+  assert.match(e.message, /demo model could not be made/);
+  const s = await c.conn.sendRequest(Status);
+  assert.equal(s.modelState, 'error');
+  assert.match(s.modelError ?? '', /demo model could not be made/);
+  assert.equal(await c.stop(), 0);
+});
