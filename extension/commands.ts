@@ -84,7 +84,6 @@ export const COMMANDS: Record<string, Handler> = {
   'llamakv.selectModel': async (s, modelPath?: string) => {
     let chosen = typeof modelPath === 'string' ? modelPath : undefined;
     if (chosen === undefined) {
-      const client = await s.ctx.ready();
       type Item = vscode.QuickPickItem & { model?: DiscoveredModel; browse?: boolean };
       const current = s.ctx.config.modelPath;
       const picker = vscode.window.createQuickPick<Item>();
@@ -94,7 +93,8 @@ export const COMMANDS: Record<string, Handler> = {
       picker.show();
       const browse: Item = { label: '$(folder-opened) Browse…', description: 'a .gguf file', browse: true, alwaysShow: true };
       picker.items = [browse];
-      request0(client, ListModels).then(
+      // the picker opens at once, also while the sidecar is down (Browse needs no sidecar)
+      s.ctx.ready().then((client) => request0(client, ListModels)).then(
         (models) => {
           picker.items = [
             ...models.map<Item>((m) => ({

@@ -39,6 +39,8 @@ export class Ctx implements vscode.Disposable {
   /** Set between a crash and languageclient's own restart of the process. */
   private restartingAfterCrash = false;
   private crashes: number[] = [];
+  /** Why languageclient was told not to restart it any more (cleared by the next start). */
+  private gaveUpReason: string | undefined;
   private lastExit: string | undefined;
   private phase_: SidecarPhase = { kind: 'stopped', reason: 'not started yet' };
   private phaseBefore: SidecarPhase = this.phase_;
@@ -154,6 +156,7 @@ export class Ctx implements vscode.Disposable {
       throw new Error(reason);
     }
     this.stopping = false;
+    this.gaveUpReason = undefined;
     this.setPhase({ kind: 'starting' });
 
     // A function, not an Executable, so that the child (and its pid) is ours to watch.
@@ -208,7 +211,7 @@ export class Ctx implements vscode.Disposable {
       } else if (e.oldState === State.Starting || !this.restartingAfterCrash) {
         // Stopped: either a (re)start failed, or it stopped for good.
         this.restartingAfterCrash = false;
-        this.setPhase({ kind: 'stopped', reason: this.lastExit ?? 'stopped' });
+        this.setPhase({ kind: 'stopped', reason: this.gaveUpReason ?? this.lastExit ?? 'stopped' });
       }
     });
     onNotification(client, StatsChanged, (s) => {
@@ -253,6 +256,7 @@ export class Ctx implements vscode.Disposable {
     if (this.crashes.length > MAX_CRASHES) {
       this.restartingAfterCrash = false;
       const reason = `it stopped ${this.crashes.length} times in 3 minutes (last: ${how})`;
+      this.gaveUpReason = reason;
       this.setPhase({ kind: 'stopped', reason });
       void this.showError(`llamakv: the sidecar keeps stopping, so it was not restarted: ${reason}.`);
       return { action: CloseAction.DoNotRestart, handled: true };
@@ -289,7 +293,14 @@ export class Ctx implements vscode.Disposable {
 
   private onConfigChange(e: vscode.ConfigurationChangeEvent): void {
     const what = Config.classify(e);
-    if (what === 'none' || !this.client) return;
+    if (what === 'none') return;
+    if (this.gaveUpReason !== undefined) {
+      // it kept crashing (a model too large, say): a changed setting is worth another try
+      this.output.info('settings changed while the sidecar was stopped after repeated failures: starting it again');
+      this.restart().catch((err) => this.output.error(`restart failed: ${errorMessage(err)}`));
+      return;
+    }
+    if (!this.client) return;
     if (what === 'restart') {
       this.output.info('a setting that needs a new sidecar changed: restarting it');
       this.restart().catch((err) => this.output.error(`restart failed: ${errorMessage(err)}`));

@@ -245,6 +245,31 @@ test('a killed sidecar is restarted, and the next request works', async () => {
   assert.ok(turn.answer.length > 0);
 }, 120_000);
 
+test('a sidecar that keeps stopping is given up on, with the reason; a settings change starts it again', async () => {
+  for (let i = 0; ; i++) {
+    assert.ok(i < 10, 'the extension never gave up restarting it');
+    const pid = await until('a sidecar process', () => api.sidecarPid(), 30_000);
+    const starts = api.sidecarStarts();
+    process.kill(pid, 'SIGKILL');
+    const next = await until('a restart, or giving up', () => {
+      if (api.phase().kind === 'stopped') return 'stopped';
+      return api.sidecarStarts() > starts && api.sidecarPid() && api.sidecarPid() !== pid && api.phase().kind === 'running' ? 'restarted' : undefined;
+    }, 30_000);
+    if (next === 'stopped') break;
+  }
+  await new Promise((r) => setTimeout(r, 1000)); // later state events must not replace the reason
+  const p = api.phase();
+  assert.ok(p.kind === 'stopped' && /stopped \d+ times in 3 minutes/.test(p.reason), `phase: ${JSON.stringify(p)}`);
+  assert.match(api.statusBar().tooltip, /stopped \d+ times in 3 minutes/);
+  try {
+    await cfg().update('context.maxTokens', 3072, vscode.ConfigurationTarget.Workspace);
+    await sidecarReady('the sidecar started again by the settings change');
+  } finally {
+    await cfg().update('context.maxTokens', undefined, vscode.ConfigurationTarget.Workspace);
+  }
+  await sidecarReady();
+}, 180_000);
+
 test('settings changes reach the sidecar', async () => {
   try {
     await cfg().update('kv.preset', 'q8', vscode.ConfigurationTarget.Workspace);
