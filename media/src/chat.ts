@@ -16,8 +16,14 @@ const post = (m: FromWebview) => vscode.postMessage(m);
 
 // ---- markdown → sanitized HTML --------------------------------------------------------------
 
-/** Code blocks longer than this are not auto-detected (too slow while streaming). */
+/** Code blocks longer than this are not auto-detected (too slow). */
 const AUTO_DETECT_LIMIT = 4000;
+/**
+ * True while a streaming answer renders: every flush re-renders the whole answer, and guessing
+ * each code block's language (highlightAuto tries every grammar) on every flush made long answers
+ * lag; blocks with a stated language are still highlighted, the rest once the answer ends.
+ */
+let streamingRender = false;
 
 const md = new MarkdownIt({
   html: false, // raw HTML in model output is shown as text, never parsed
@@ -26,7 +32,7 @@ const md = new MarkdownIt({
     let body: string;
     try {
       if (lang && hljs.getLanguage(lang)) body = hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
-      else if (code.length <= AUTO_DETECT_LIMIT) body = hljs.highlightAuto(code).value;
+      else if (!streamingRender && code.length <= AUTO_DETECT_LIMIT) body = hljs.highlightAuto(code).value;
       else body = md.utils.escapeHtml(code);
     } catch {
       body = md.utils.escapeHtml(code);
@@ -161,7 +167,14 @@ function renderTurn(id: string): void {
   sec.dataset.kind = t.kind;
   const [prompt, answer, meta] = Array.from(sec.children) as HTMLElement[];
   prompt.textContent = t.prompt;
-  const { html, blocked } = renderMarkdown(t.answer);
+  streamingRender = t.state === 'streaming';
+  let rendered: ReturnType<typeof renderMarkdown>;
+  try {
+    rendered = renderMarkdown(t.answer);
+  } finally {
+    streamingRender = false;
+  }
+  const { html, blocked } = rendered;
   answer.innerHTML = html;
   if (t.state === 'streaming') answer.append(el('span', 'cursor', '▍'));
   meta.replaceChildren(...metaParts(t));

@@ -226,6 +226,23 @@ async function runUi({ page, url, artifacts, check }) {
     return 'shown as text, nothing executed, code highlighted';
   });
 
+  await step('while an answer streams, unlabeled code is not language-guessed; once done it is highlighted', async () => {
+    const answer = 'Here:\n\n```\nfunction add(a, b) {\n  return a + b;\n}\n```\n';
+    const send = (state) => chat.evaluate(([text, st]) => {
+      const turn = { id: 'stream-hl', kind: 'chat', prompt: 'add?', answer: text, state: st };
+      window.dispatchEvent(new MessageEvent('message', { data: { type: 'turn', turn } }));
+    }, [answer, state]);
+    const spans = () => chat.evaluate(() => document.querySelectorAll('#turn-stream-hl .answer pre code [class^="hljs-"]').length);
+    await send('streaming');
+    await chat.locator('#turn-stream-hl[data-state="streaming"] .answer pre code').waitFor({ timeout: 10000 });
+    const during = await spans();
+    await send('done');
+    await chat.locator('#turn-stream-hl[data-state="done"] .answer pre code').waitFor({ timeout: 10000 });
+    const after = await spans();
+    if (during !== 0 || after === 0) throw new Error(`highlighted spans while streaming ${during}, after ${after}`);
+    return `plain while streaming, ${after} highlighted spans once done`;
+  });
+
   await step('the conversation survives hiding and showing the panel', async () => {
     const before = await chat.evaluate(() => [...document.querySelectorAll('.turn')].map((t) => `${t.id}:${t.dataset.state}:${t.textContent.length}`).join('|'));
     await palette(page, 'View: Toggle Primary Side Bar Visibility');
