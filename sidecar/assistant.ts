@@ -410,6 +410,8 @@ export class Assistant {
     }
   }
 
+  private sweptCheckpoints = false;
+
   private cacheDir(): string {
     return path.join(this.storageDir, 'prefix-cache');
   }
@@ -595,6 +597,11 @@ export class Assistant {
   private async persist(model: Model, prefix: WorkspacePrefix): Promise<void> {
     if (prefix.nTokens === 0) return;
     if (!this.settings.persistCache) {
+      if (!this.sweptCheckpoints) {
+        this.sweptCheckpoints = true;
+        const gone = removeStaleCheckpoints(this.cacheDir());
+        if (gone.length) log.info(`prefix cache: removed ${gone.length} checkpoint(s) of sidecars that are gone: ${gone.join(', ')}`);
+      }
       try {
         await prefix.saveCheckpoint(this.checkpointFile());
       } catch (e) {
@@ -968,6 +975,41 @@ function commonLen(a: number[], b: number[]): number {
   let i = 0;
   while (i < n && a[i] === b[i]) i++;
   return i;
+}
+
+/**
+ * Deletes the checkpoint files (checkpoint-PID.kvstate, a whole KV state each) of sidecars that
+ * are gone: one killed, or one whose editor crashed, never reached the shutdown that removes its
+ * own. Returns the names removed. A process that still runs keeps its file.
+ */
+export function removeStaleCheckpoints(dir: string, alive: (pid: number) => boolean = pidAlive): string[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = /^checkpoint-(\d+)\.kvstate$/.exec(name);
+    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+    try {
+      fs.rmSync(path.join(dir, name), { force: true });
+      removed.push(name);
+    } catch {
+      // another sidecar removed it first, or it cannot be removed: leave it
+    }
+  }
+  return removed;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by someone else
+  }
 }
 
 /** A signal that aborts when any of the given ones does (AbortSignal.any holds its sources weakly). */

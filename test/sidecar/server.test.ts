@@ -4,6 +4,7 @@
 // re-prefills only the tail, a restart that reloads the cache from disk, a corrupt cache that is
 // rebuilt, clearing the cache. Needs: the built addon and the generated tiny model.
 import { strict as assert } from 'assert';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { after, before, test } from 'node:test';
@@ -389,6 +390,13 @@ test('autoIndex: `llamakv serve --stdio` builds the cache by itself, with server
 test('persistCache off: nothing is reused across restarts, the per-process checkpoint is removed at exit', { skip }, async () => {
   const fresh = tmpDir('llamakv-store-');
   cleanup.push(fresh);
+  // a checkpoint left by a sidecar that was killed (its pid is gone) is swept; a live one's stays
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  const stale = path.join(fresh, 'prefix-cache', `checkpoint-${dead}.kvstate`);
+  const live = path.join(fresh, 'prefix-cache', `checkpoint-${process.pid}.kvstate`);
+  fs.mkdirSync(path.dirname(stale), { recursive: true });
+  fs.writeFileSync(stale, 'left behind');
+  fs.writeFileSync(live, 'still in use');
   const c = await start({ storageDir: fresh, persistCache: false, contextMaxTokens: 2048 });
   const r = await c.conn.sendRequest(IndexWorkspace, {});
   assert.equal(r.persisted, null);
@@ -398,7 +406,10 @@ test('persistCache off: nothing is reused across restarts, the per-process check
   assert.equal(a.text, b.text);
   const dir = path.join(fresh, 'prefix-cache');
   assert.deepEqual(fs.readdirSync(dir).filter((f) => !f.startsWith('checkpoint-')), []);
+  assert.ok(!fs.existsSync(stale), 'the dead sidecar\'s checkpoint was swept');
+  assert.ok(fs.existsSync(live), 'a running process keeps its checkpoint');
   assert.equal(await c.stop(), 0);
+  fs.rmSync(live);
   assert.deepEqual(fs.readdirSync(dir), [], 'checkpoint removed');
 });
 
