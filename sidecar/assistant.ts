@@ -168,7 +168,7 @@ export class Assistant {
     void this.exclusive('settings', async () => {
       if (modelChanged) this.unloadModel();
       else if (sessionChanged) this.dropPrefix();
-    }).catch((e) => log.error(`settings: ${(e as Error).message}`));
+    }, undefined, true).catch((e) => log.error(`settings: ${(e as Error).message}`));
     if (this.settings.autoIndex) this.scheduleRefresh(200);
     this.changed();
   }
@@ -177,7 +177,7 @@ export class Assistant {
     const next = roots.map((r) => path.resolve(r));
     if (JSON.stringify(next) === JSON.stringify(this.roots)) return;
     this.roots = next;
-    void this.exclusive('roots', async () => this.dropPrefix()).catch(() => undefined);
+    void this.exclusive('roots', async () => this.dropPrefix(), undefined, true).catch(() => undefined);
     if (this.settings.autoIndex) this.scheduleRefresh(200);
   }
 
@@ -185,11 +185,12 @@ export class Assistant {
 
   /**
    * Runs `fn` when the engine is free. Requests wait in order; a waiting request that is
-   * cancelled leaves at once. More than MAX_WAITING waiting requests are refused.
+   * cancelled leaves at once. More than MAX_WAITING waiting requests are refused, except the
+   * sidecar's own jobs (`internal`: settings and folder changes), which must not be lost.
    */
-  async exclusive<T>(label: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  async exclusive<T>(label: string, fn: () => Promise<T>, signal?: AbortSignal, internal = false): Promise<T> {
     if (this.disposed) throw new Error('the sidecar is shutting down');
-    if (this.waiting >= MAX_WAITING) {
+    if (!internal && this.waiting >= MAX_WAITING) {
       throw new BusyError(`llamakv is busy (${this.running ?? 'working'}, ${this.waiting} requests waiting); try again when the current answer finishes`);
     }
     const prev = this.tail;

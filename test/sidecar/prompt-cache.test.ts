@@ -6,7 +6,7 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
 import { test } from 'node:test';
-import { uriToPath, validateChat, validateExplain } from '../../sidecar/assistant';
+import { Assistant, BusyError, MAX_WAITING, uriToPath, validateChat, validateExplain } from '../../sidecar/assistant';
 import { formatBytes, kvSummaryLine } from '../../sidecar/format';
 import {
   CACHE_FORMAT_VERSION,
@@ -222,4 +222,23 @@ test('fitHistory: the oldest turns give way, a pair at a time; the question and 
   assert.deepEqual([fitHistory(convo, build, 3).dropped, fitHistory(convo, build, 3).tokens.length], [4, 25]);
   // an unpaired leading assistant message goes alone
   assert.equal(fitHistory([m('assistant', 50), m('user', 5), m('assistant', 5), m('user', 5)], build, 20).dropped, 1);
+});
+
+test('the request queue: past MAX_WAITING requests are refused, the sidecar\'s own settings jobs never', async () => {
+  const a = new Assistant({ autoIndex: false }, []);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const running = a.exclusive('held', () => gate);
+  await new Promise((r) => setImmediate(r)); // it runs now, no longer waits
+  const waiting = Array.from({ length: MAX_WAITING }, (_, i) => a.exclusive(`w${i}`, async () => i));
+  await assert.rejects(a.exclusive('one too many', async () => 0), (e: Error) => e instanceof BusyError);
+  let unloaded = 0;
+  (a as unknown as { unloadModel(): void }).unloadModel = () => void unloaded++;
+  a.updateSettings({ modelPath: '/elsewhere/model.gguf' }); // queued behind the others, not refused
+  release();
+  await running;
+  assert.deepEqual(await Promise.all(waiting), Array.from({ length: MAX_WAITING }, (_, i) => i));
+  await a.exclusive('after', async () => undefined);
+  assert.equal(unloaded, 1, 'the model change was applied');
+  a.dispose();
 });
