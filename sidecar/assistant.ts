@@ -390,24 +390,36 @@ export class Assistant {
     this.ws = this.emptyWorkspace();
   }
 
-  private createSession(model: Model, nCtx: number): Session {
+  /**
+   * A session with the requested KV spec, or f16 when the engine rejects that spec. Only the
+   * workspace session (`workspace`) decides the spec in force and the warnings: a question's own
+   * session (file or no context) failing must not relabel the workspace cache.
+   */
+  private createSession(model: Model, nCtx: number, workspace: boolean): Session {
     const spec = this.requestedSpec;
     try {
       const s = model.createSession({ nCtx, kv: spec });
-      this.warnings.delete('kv');
-      // the weights are on the GPU but the device cannot hold this KV spec as it is: the session runs
-      // on the CPU, or on the GPU with every token kept (the note says which)
-      if (model.info.backend === 'cuda' && s.backendNote) this.warnings.set('backend', s.backendNote);
-      else this.warnings.delete('backend');
-      this.effectiveSpec = spec;
+      if (workspace) {
+        this.warnings.delete('kv');
+        // the weights are on the GPU but the device cannot hold this KV spec as it is: the session
+        // runs on the CPU, or on the GPU with every token kept (the note says which)
+        if (model.info.backend === 'cuda' && s.backendNote) this.warnings.set('backend', s.backendNote);
+        else this.warnings.delete('backend');
+        this.effectiveSpec = spec;
+      }
       return s;
     } catch (e) {
       if (spec === 'f16') throw e;
       const msg = `KV spec "${spec}" was rejected by the engine (${(e as Error).message}); using "f16" (no compression)`;
-      if (!this.warnings.has('kv')) log.warn(msg);
-      this.warnings.set('kv', msg);
-      this.effectiveSpec = 'f16';
-      return model.createSession({ nCtx, kv: 'f16' });
+      const s = model.createSession({ nCtx, kv: 'f16' });
+      if (workspace) {
+        if (!this.warnings.has('kv')) log.warn(msg);
+        this.warnings.set('kv', msg);
+        this.effectiveSpec = 'f16';
+      } else {
+        log.warn(msg);
+      }
+      return s;
     }
   }
 
@@ -435,7 +447,7 @@ export class Assistant {
   private async ensurePrefix(model: Model): Promise<WorkspacePrefix> {
     if (!this.prefix) {
       const nCtx = this.nCtx(model);
-      this.prefix = new WorkspacePrefix(this.createSession(model, nCtx));
+      this.prefix = new WorkspacePrefix(this.createSession(model, nCtx, true));
       this.triedDisk = false;
       this.loadedFromDisk = false;
     }
@@ -766,7 +778,7 @@ export class Assistant {
       const fit = fitHistory(conversation, (c) => standalonePrompt(model, system, c), this.nCtx(model) - answerRoom);
       prompt = fit.tokens;
       if (fit.dropped) log.info(`chat: the ${fit.dropped} oldest messages left out so the answer has room`);
-      scratch = this.createSession(model, this.nCtx(model));
+      scratch = this.createSession(model, this.nCtx(model), false);
       session = scratch;
       ctxInfo.tokens = prompt.length;
     }
