@@ -522,11 +522,20 @@ export class Assistant {
     }
     const budget = this.workspaceBudget(model, nCtx);
     const overhead = prefixOverhead(model, WORKSPACE_INTRO);
+    // Files are tokenized as the budget considers them, and only those that might still fit: in a
+    // large repository most never are (tokenizing every file blocked the sidecar for seconds and
+    // cached millions of tokens nobody would read).
     const tokens = new Map<WorkspaceFile, number[]>();
-    for (const f of col.files) tokens.set(f, this.tokensOfChunk(model, f));
+    const tokensOf = (f: WorkspaceFile) => {
+      let t = tokens.get(f);
+      if (!t) tokens.set(f, (t = this.tokensOfChunk(model, f)));
+      return t.length;
+    };
     const live = new Set(col.files.map((f) => `${f.rel}\0${f.hash}`));
     for (const k of [...this.chunkTokens.keys()]) if (!live.has(k)) this.chunkTokens.delete(k);
-    const sel = selectWithinBudget(col.files, (f) => tokens.get(f)!.length, Math.max(0, budget - overhead));
+    // a lower bound: no token is longer than the vocabulary's longest (a BOM may have been dropped)
+    const maxBytes = model.maxTokenBytes;
+    const sel = selectWithinBudget(col.files, tokensOf, Math.max(0, budget - overhead), (f) => Math.floor(Math.max(0, f.bytes - 3) / maxBytes));
     const layout = layoutPrefix(
       model,
       WORKSPACE_INTRO,

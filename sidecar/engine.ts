@@ -145,6 +145,18 @@ export class Model {
     return this.handle.tokenBytes(token, special);
   }
 
+  private maxTokenBytes_ = 0;
+  /** Bytes of the longest (non-special) token: text of n bytes is at least n / this many tokens. */
+  get maxTokenBytes(): number {
+    if (this.maxTokenBytes_ === 0) {
+      this.check();
+      let m = 1;
+      for (let t = 0; t < this.info.nVocab; t++) m = Math.max(m, this.handle.tokenBytes(t, false).length);
+      this.maxTokenBytes_ = m;
+    }
+    return this.maxTokenBytes_;
+  }
+
   detokenize(tokens: number[], special = true): string {
     this.check();
     const parts = tokens.map((t) => this.handle.tokenBytes(t, special));

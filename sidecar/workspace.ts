@@ -491,27 +491,34 @@ export function stableOrder(files: WorkspaceFile[]): WorkspaceFile[] {
 
 /**
  * Fits files into a token budget. The rule: files are admitted by priority — unsaved documents,
- * then open documents, then the most recently changed first (ties: the smaller first) — and a file
+ * then open documents, then the most recently changed first (ties: the fewer bytes first) — and a file
  * that does not fit what remains is left out ("budget") while smaller ones after it may still fit.
- * The admitted files keep their stable-first order.
+ * The admitted files keep their stable-first order. With `minTokensOf` (a lower bound, e.g. from
+ * the size in bytes), a file that cannot fit even at that bound is left out without calling
+ * `tokensOf` (so without tokenizing it), and its entry carries no token count; what is kept does
+ * not change.
  */
 export function selectWithinBudget<T extends WorkspaceFile>(
   files: T[],
   tokensOf: (f: T) => number,
   budget: number,
+  minTokensOf?: (f: T) => number,
 ): { kept: T[]; leftOut: LeftOutFile[]; tokens: number } {
   const priority = [...files].sort((a, b) => {
     const g = (b.dirty ? 2 : b.open ? 1 : 0) - (a.dirty ? 2 : a.open ? 1 : 0);
     if (g !== 0) return g;
     if (a.mtimeMs !== b.mtimeMs) return b.mtimeMs - a.mtimeMs;
-    const t = tokensOf(a) - tokensOf(b);
-    if (t !== 0) return t;
+    if (a.bytes !== b.bytes) return a.bytes - b.bytes;
     return a.rel < b.rel ? -1 : 1;
   });
   const admitted = new Set<T>();
   const leftOut: LeftOutFile[] = [];
   let used = 0;
   for (const f of priority) {
+    if (minTokensOf && used + minTokensOf(f) > budget) {
+      leftOut.push({ path: f.rel, reason: 'budget', bytes: f.bytes });
+      continue;
+    }
     const t = tokensOf(f);
     if (used + t <= budget) {
       admitted.add(f);

@@ -129,6 +129,27 @@ test('budget: recent and open files first, first fit, stable order kept', () => 
   assert.deepEqual(r2.kept.map((x) => x.rel), ['open', 'old-small', 'new']);
 });
 
+test('budget with a lower bound: files that cannot fit are not tokenized, the same files are kept', () => {
+  // bytes = 4 x tokens; the bound says at least bytes / 8 tokens
+  const f = (rel: string, mtimeMs: number, tokens: number): WorkspaceFile & { t: number } => ({
+    abs: rel, rel, text: '', bytes: tokens * 4, mtimeMs, hash: rel, open: false, dirty: false, dirtySince: 0, t: tokens,
+  });
+  const files = stableOrder([f('a', 9, 50), f('huge', 8, 1000), f('b', 7, 30), f('big', 6, 300), f('c', 5, 15), f('d', 4, 5)]);
+  const asked: string[] = [];
+  const tokensOf = (x: WorkspaceFile) => {
+    asked.push(x.rel);
+    return (x as typeof x & { t: number }).t;
+  };
+  const plain = selectWithinBudget(files, (x) => (x as typeof x & { t: number }).t, 100);
+  const bounded = selectWithinBudget(files, tokensOf, 100, (x) => x.bytes / 8);
+  assert.deepEqual(bounded.kept.map((x) => x.rel), plain.kept.map((x) => x.rel));
+  assert.deepEqual(bounded.kept.map((x) => x.rel), ['d', 'c', 'b', 'a']);
+  assert.equal(bounded.tokens, plain.tokens);
+  // huge (>= 500 by the bound) and big (>= 150) can never fit 100: never tokenized
+  assert.deepEqual(asked.sort(), ['a', 'b', 'c', 'd']);
+  assert.deepEqual(bounded.leftOut.map((l) => [l.path, l.tokens]), [['huge', undefined], ['big', undefined]]);
+});
+
 test('collection: a file that cannot be read is reported, never thrown', () => {
   const root = path.join(tmpDir(), 'ws');
   writeFile(root, 'a.ts', 'ok\n');
