@@ -12,11 +12,8 @@ namespace lkv {
 
 namespace {
 
-constexpr int kAttnThreads = 128;
-constexpr int kAttnChunk = 128;        // keys per pass
 constexpr int kAttnMaxGroup = 8;       // query heads per KV head
 constexpr int kAttnSplitMaxTokens = 8; // more queries than this: one key range each
-constexpr int kAttnMaxSplits = 128;
 
 struct AttnParams {
   const float* q;      // [n][n_head][HD]

@@ -30,7 +30,12 @@ constexpr int kMatvecMaxTokens = 4;  // Auto path: the vector kernel up to this 
 void launch_matmul(const DevMatrix& W, const float* x, int n_tok, float* y, bool accumulate, cudaStream_t s,
                    cuda_ops::MatmulPath path = cuda_ops::MatmulPath::Auto);
 
-// ---- cuda_attention.cu ----
+// ---- cuda_attention.cu (the f16 cache) and cuda_kv.cu (the compressed cache) ----
+// Shared by both attention kernels and the merge that ends both paths.
+constexpr int kAttnThreads = 128;   // threads per attention block
+constexpr int kAttnChunk = 128;     // keys per pass of a block
+constexpr int kAttnMaxSplits = 128; // key ranges per query at most (flash-decoding)
+
 struct AttnShape {
   int n_head, n_head_kv, head_dim, n_ctx;
 };

@@ -217,10 +217,6 @@ KvStats kv_image_stats(const KvShape& s, const KvSpec& spec, const std::string& 
 
 namespace {
 
-constexpr int kAttnThreads = 128;
-constexpr int kAttnChunk = 128;  // keys per pass
-constexpr int kAttnMaxSplits = 128;
-
 __device__ __forceinline__ int ring_slot(int p, int cap) { return p % cap; }
 
 // q: as rope_store_kernel (same double angle, same roundings).
