@@ -3,22 +3,20 @@
 // ([tile][dim][64]) so a query's scores against a tile are vertical FMAs with no transposition at
 // attention time; values row-major ([position][dim]). Attention is tiled flash-style: for each KV
 // head, a block of queries (all the query heads of its group) runs over key tiles with an online
-// softmax; no n×n score matrix is ever held.
+// softmax; no n×n score matrix is ever held. Each tile is made float once (f16) and shared by every
+// query row, four rows per call of the compressed cache's tile kernels (kv_tiles.h).
 #include "kv_cache.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <istream>
 #include <ostream>
 #include <vector>
 
 #include "common.h"
 #include "kv_compressed.h"
-#include "simd_math.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "kv_tiles.h"
 
 namespace lkv {
 
@@ -57,116 +55,11 @@ namespace {
 constexpr int KTILE = 64;  // keys per tile: keys are stored tile-transposed, [tile][dim][KTILE]
 constexpr int QTILE = 8;   // query tokens per task
 
-// ---- per-tile kernels: scores s[j] = scale * q . k_j over one key tile, and the online-softmax
-// update of one query row with that tile's values. Generic versions first (vectorized by the
-// compiler per ISA), then AVX2+FMA+F16C versions chosen at run time.
-
-inline float load1(const float* p) { return *p; }
-inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
-
-template <typename T>
-LKV_CLONES void scores_generic(const float* q, const T* kt, int hd, float* s, float scale) {
-  float acc[KTILE] = {0};
-  for (int c = 0; c < hd; c++) {
-    const float qc = q[c];
-    const T* row = kt + (size_t)c * KTILE;
-    for (int j = 0; j < KTILE; j++) acc[j] += qc * load1(row + j);
-  }
-  for (int j = 0; j < KTILE; j++) s[j] = acc[j] * scale;
-}
-
-// p[j] = exp(s[j] - mx) for j < n, returns their sum
-LKV_CLONES float exp_shift(float* s, int n, float mx) {
-  float sum = 0;
-  for (int j = 0; j < n; j++) {
-    s[j] = exp_approx(s[j] - mx);
-    sum += s[j];
-  }
-  return sum;
-}
-
-template <typename T>
-LKV_CLONES void accum_generic(const float* p, int nk, const T* v, int hd, float* o) {
-  for (int j = 0; j < nk; j++) {
-    const float pj = p[j];
-    const T* vr = v + (size_t)j * hd;
-    for (int c = 0; c < hd; c++) o[c] += pj * load1(vr + c);
-  }
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
-}
-__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-
-template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void scores_avx2(const float* q, const T* kt, int hd, float* s, float scale) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  for (int c = 0; c < hd; c++) {
-    const __m256 qc = _mm256_set1_ps(q[c]);
-    const T* r = kt + (size_t)c * KTILE;
-    a0 = _mm256_fmadd_ps(qc, load8(r), a0);
-    a1 = _mm256_fmadd_ps(qc, load8(r + 8), a1);
-    a2 = _mm256_fmadd_ps(qc, load8(r + 16), a2);
-    a3 = _mm256_fmadd_ps(qc, load8(r + 24), a3);
-    a4 = _mm256_fmadd_ps(qc, load8(r + 32), a4);
-    a5 = _mm256_fmadd_ps(qc, load8(r + 40), a5);
-    a6 = _mm256_fmadd_ps(qc, load8(r + 48), a6);
-    a7 = _mm256_fmadd_ps(qc, load8(r + 56), a7);
-  }
-  const __m256 sc = _mm256_set1_ps(scale);
-  _mm256_storeu_ps(s, _mm256_mul_ps(a0, sc));
-  _mm256_storeu_ps(s + 8, _mm256_mul_ps(a1, sc));
-  _mm256_storeu_ps(s + 16, _mm256_mul_ps(a2, sc));
-  _mm256_storeu_ps(s + 24, _mm256_mul_ps(a3, sc));
-  _mm256_storeu_ps(s + 32, _mm256_mul_ps(a4, sc));
-  _mm256_storeu_ps(s + 40, _mm256_mul_ps(a5, sc));
-  _mm256_storeu_ps(s + 48, _mm256_mul_ps(a6, sc));
-  _mm256_storeu_ps(s + 56, _mm256_mul_ps(a7, sc));
-}
-
-template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void accum_avx2(const float* p, int nk, const T* v, int hd, float* o) {
-  int j = 0;
-  for (; j + 2 <= nk; j += 2) {  // two value rows per pass halve the loads and stores of o
-    const __m256 p0 = _mm256_set1_ps(p[j]), p1 = _mm256_set1_ps(p[j + 1]);
-    const T* v0 = v + (size_t)j * hd;
-    const T* v1 = v0 + hd;
-    for (int c = 0; c < hd; c += 8) {
-      __m256 acc = _mm256_loadu_ps(o + c);
-      acc = _mm256_fmadd_ps(p0, load8(v0 + c), acc);
-      acc = _mm256_fmadd_ps(p1, load8(v1 + c), acc);
-      _mm256_storeu_ps(o + c, acc);
-    }
-  }
-  for (; j < nk; j++) {
-    const __m256 p0 = _mm256_set1_ps(p[j]);
-    const T* v0 = v + (size_t)j * hd;
-    for (int c = 0; c < hd; c += 8) _mm256_storeu_ps(o + c, _mm256_fmadd_ps(p0, load8(v0 + c), _mm256_loadu_ps(o + c)));
-  }
-}
-#endif
-
-template <typename T>
-struct TileOps {
-  void (*scores)(const float* q, const T* kt, int hd, float* s, float scale);
-  void (*accum)(const float* p, int nk, const T* v, int hd, float* o);
-};
-
-template <typename T>
-TileOps<T> pick_tile_ops(int hd) {
-#if defined(__x86_64__)
-  if (hd % 8 == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return {&scores_avx2<T>, &accum_avx2<T>};
-#endif
-  return {&scores_generic<T>, &accum_generic<T>};
-}
-
 template <typename T>
 class DenseKvCache final : public KvCache {
  public:
-  DenseKvCache(const KvShape& s, const char* name) : s_(s), name_(name), ops_(pick_tile_ops<T>(s.head_dim)) {
+  DenseKvCache(const KvShape& s, const char* name)
+      : s_(s), name_(name), ops_(kvc::pick_tile_ops(s.head_dim, s.head_dim, std::vector<KvTier>{KvTier{}})) {
     k_.resize((size_t)s.n_layer * s.n_head_kv);
     v_.resize((size_t)s.n_layer * s.n_head_kv);
     len_.assign((size_t)s.n_layer, 0);
@@ -195,54 +88,58 @@ class DenseKvCache final : public KvCache {
     len_[layer] = pos + n;
   }
 
+  // Per (KV head, block of QTILE query tokens): the key tiles in order, each made float once (f16)
+  // or used in place (f32) and shared by every query row of the block, kRows rows per kernel call
+  // (the compressed cache's tile kernels: scores, online softmax, value accumulation).
   void attend(int layer, int pos, int n, const float* q, float* out, ThreadPool* pool) override {
-    const int hd = s_.head_dim, group = s_.n_head / s_.n_head_kv;
+    const int hd = s_.head_dim, group = s_.n_head / s_.n_head_kv, nh = s_.n_head;
     LKV_CHECK(pos + n <= len_[layer], "kv cache: attention past stored positions");
     const int q_tiles = (n + QTILE - 1) / QTILE;
     const int n_tasks = s_.n_head_kv * q_tiles;
     const float scale = 1.0f / std::sqrt((float)hd);
+    const kvc::TileOps& ops = *ops_;
+    constexpr int R4 = kvc::kRows;
     auto task = [&](int t) {
       const int hk = t % s_.n_head_kv, qt = t / s_.n_head_kv;
       const int i0 = qt * QTILE, i1 = std::min(n, i0 + QTILE);
-      const int rows = (i1 - i0) * group;
+      const int rows = (i1 - i0) * group;  // row r: query token i0 + r / group, head hk * group + r % group
       const T* K = k_[(size_t)layer * s_.n_head_kv + hk].data();
       const T* V = v_[(size_t)layer * s_.n_head_kv + hk].data();
-      thread_local std::vector<float> m, l, o;
-      float s[KTILE];
-      m.assign(rows, -INFINITY);
-      l.assign(rows, 0.0f);
+      // buffers live per thread across calls (whatever they hold is finite and written before read)
+      thread_local std::vector<float> kt, vt, sc, qr, m, l, o;
+      if (kt.size() < (size_t)hd * KTILE) kt.resize((size_t)hd * KTILE);
+      if (vt.size() < (size_t)hd * KTILE) vt.resize((size_t)hd * KTILE);
+      if (sc.size() < (size_t)R4 * KTILE) sc.resize((size_t)R4 * KTILE);
+      qr.resize((size_t)rows * hd);
+      for (int i = i0; i < i1; i++)
+        std::memcpy(qr.data() + (size_t)(i - i0) * group * hd, q + ((size_t)i * nh + (size_t)hk * group) * hd, sizeof(float) * group * hd);
+      m.assign((size_t)rows, -INFINITY);
+      l.assign((size_t)rows, 0.0f);
       o.assign((size_t)rows * hd, 0.0f);
       const int last_needed = pos + i1 - 1;  // the latest query sees keys 0..last_needed
       for (int j0 = 0; j0 <= last_needed; j0 += KTILE) {
         const int nk = std::min(KTILE, last_needed + 1 - j0);
-        const T* kt = K + (size_t)(j0 / KTILE) * hd * KTILE;
-        const T* vt = V + (size_t)j0 * hd;
-        for (int i = i0; i < i1; i++) {
-          const int visible = std::min(nk, pos + i + 1 - j0);  // causal mask within the tile
-          if (visible <= 0) continue;
-          for (int g = 0; g < group; g++) {
-            const int h = hk * group + g, r = (i - i0) * group + g;
-            ops_.scores(q + ((size_t)i * s_.n_head + h) * hd, kt, hd, s, scale);
-            float mx = m[r];
-            for (int j = 0; j < visible; j++) mx = s[j] > mx ? s[j] : mx;
-            const float corr = exp_approx(m[r] - mx);
-            const float sum = exp_shift(s, visible, mx);
-            l[r] = l[r] * corr + sum;
-            m[r] = mx;
-            float* orow = o.data() + (size_t)r * hd;
-            if (corr != 1.0f)
-              for (int c = 0; c < hd; c++) orow[c] *= corr;
-            ops_.accum(s, visible, vt, hd, orow);
+        const float* ktile = float_keys(K + (size_t)(j0 / KTILE) * hd * KTILE, hd, kt.data());
+        const float* vtile = float_values(V + (size_t)j0 * hd, nk, hd, vt.data());
+        for (int r0 = 0; r0 < rows; r0 += R4) {
+          const int R = std::min(R4, rows - r0);
+          int vis[R4], upto = 0;
+          for (int r = 0; r < R; r++) {
+            vis[r] = std::max(0, std::min(nk, pos + i0 + (r0 + r) / group + 1 - j0));  // causal mask
+            upto = std::max(upto, vis[r]);
           }
+          if (upto == 0) continue;
+          ops.scores_t(qr.data() + (size_t)r0 * hd, R, ktile, hd, KTILE, upto, sc.data(), scale, nullptr);
+          for (int r = 0; r < R; r++)
+            ops.softmax(sc.data() + (size_t)r * KTILE, vis[r], upto, m[(size_t)(r0 + r)], l[(size_t)(r0 + r)], o.data() + (size_t)(r0 + r) * hd, hd);
+          ops.accum(sc.data(), R, KTILE, upto, vtile, hd, o.data() + (size_t)r0 * hd);
         }
       }
-      for (int i = i0; i < i1; i++)
-        for (int g = 0; g < group; g++) {
-          const int h = hk * group + g, r = (i - i0) * group + g;
-          float* dst = out + ((size_t)i * s_.n_head + h) * hd;
-          const float inv = 1.0f / l[r];
-          for (int c = 0; c < hd; c++) dst[c] = o[(size_t)r * hd + c] * inv;
-        }
+      for (int r = 0; r < rows; r++) {
+        float* dst = out + ((size_t)(i0 + r / group) * nh + (size_t)hk * group + r % group) * hd;
+        const float inv = 1.0f / l[(size_t)r];
+        for (int c = 0; c < hd; c++) dst[c] = o[(size_t)r * hd + c] * inv;
+      }
     };
     if (pool && n_tasks > 1) pool->run(n_tasks, task);
     else for (int t = 0; t < n_tasks; t++) task(t);
@@ -315,10 +212,14 @@ class DenseKvCache final : public KvCache {
     a.resize(need);
   }
   static T convert1(float x);
+  // A key tile ([hd][KTILE]) and nk value rows as floats: in place for the f32 cache, converted into
+  // `buf` for the f16 one (the whole key tile: columns past the stored length are finite and unread).
+  const float* float_keys(const T* tile, int hd, float* buf) const;
+  const float* float_values(const T* rows, int nk, int hd, float* buf) const;
 
   KvShape s_;
   std::string name_;
-  TileOps<T> ops_;
+  const kvc::TileOps* ops_;
   std::vector<std::vector<T>> k_, v_;  // [layer * n_head_kv + head]: keys tile-transposed, values row-major
   std::vector<int> len_;               // positions stored per layer
   int n_tokens_ = 0;
@@ -328,6 +229,20 @@ template <>
 float DenseKvCache<float>::convert1(float x) { return x; }
 template <>
 uint16_t DenseKvCache<uint16_t>::convert1(float x) { return f32_to_f16(x); }
+template <>
+const float* DenseKvCache<float>::float_keys(const float* tile, int, float*) const { return tile; }
+template <>
+const float* DenseKvCache<uint16_t>::float_keys(const uint16_t* tile, int hd, float* buf) const {
+  ops_->decode_rows(tile, KTILE, hd, buf);
+  return buf;
+}
+template <>
+const float* DenseKvCache<float>::float_values(const float* rows, int, int, float*) const { return rows; }
+template <>
+const float* DenseKvCache<uint16_t>::float_values(const uint16_t* rows, int nk, int hd, float* buf) const {
+  ops_->decode_rows(rows, nk, hd, buf);
+  return buf;
+}
 
 }  // namespace
 

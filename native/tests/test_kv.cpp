@@ -953,7 +953,8 @@ void timing(ThreadPool* pool, int ctx) {
   s.n_head = 32;
   s.n_head_kv = 8;
   s.head_dim = hd;
-  s.n_ctx = ctx + 64 + (std::getenv("TEST_KV_TIMING_REPS") ? std::atoi(std::getenv("TEST_KV_TIMING_REPS")) : 20);
+  s.n_ctx = ctx + 64 + (std::getenv("TEST_KV_TIMING_REPS") ? std::atoi(std::getenv("TEST_KV_TIMING_REPS")) : 20) +
+            (std::getenv("TEST_KV_TIMING_PREFILL") ? std::atoi(std::getenv("TEST_KV_TIMING_PREFILL")) : 0);
   std::vector<std::string> specs = {"f16", "q8", "q4", "q2", "balanced", "max"};
   if (const char* only = std::getenv("TEST_KV_TIMING_SPEC")) {  // ';'-separated
     specs.clear();
@@ -981,6 +982,19 @@ void timing(ThreadPool* pool, int ctx) {
       c->attend(0, pos, 1, q.data(), out.data(), pool);
       best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
       c->commit(pos + 1);
+    }
+    // TEST_KV_TIMING_PREFILL=N: also one prefill chunk of N queries attending over the context
+    if (const char* pf = std::getenv("TEST_KV_TIMING_PREFILL")) {
+      const int n = std::atoi(pf), pos = c->n_tokens();
+      std::vector<float> kn = gauss_vec((size_t)n * 8 * hd), vn = gauss_vec((size_t)n * 8 * hd), qn = gauss_vec((size_t)n * 32 * hd),
+                         on((size_t)n * 32 * hd);
+      c->store(0, pos, n, kn.data(), vn.data());
+      const auto t0 = std::chrono::steady_clock::now();
+      c->attend(0, pos, n, qn.data(), on.data(), pool);
+      const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      c->truncate(pos);
+      std::printf("timing prefill attention of %d queries @%d, 1 layer 32/8 heads: %-9s %8.1f us (%.1f us per query)\n", n, pos, sp.c_str(), us,
+                  us / n);
     }
     const KvStats st = c->stats();
     const double t = (double)st.tokens;
