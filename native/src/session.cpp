@@ -2,12 +2,14 @@
 // delegated to a CudaSession (every CUDA branch is an `if (cuda_)`; the CPU path is unchanged).
 #include "session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "cuda/cuda_backend.h"
 
@@ -151,6 +153,58 @@ void put_str(std::ostream& o, const std::string& s) {
   o.write(s.data(), (std::streamsize)n);
 }
 
+// An output buffer in front of a file that keeps the FNV-1a hash of everything written: a state
+// file is written as it is produced, never held whole in memory (a 32k-token f16 cache is 1 GiB).
+class HashingFileBuf final : public std::streambuf {
+ public:
+  explicit HashingFileBuf(std::ofstream& out) : out_(out), buf_(1 << 20) { setp(buf_.data(), buf_.data() + buf_.size()); }
+  uint64_t hash() {
+    flush_buf();
+    return h_;
+  }
+
+ protected:
+  int_type overflow(int_type c) override {
+    flush_buf();
+    if (!traits_type::eq_int_type(c, traits_type::eof())) {
+      *pptr() = traits_type::to_char_type(c);
+      pbump(1);
+    }
+    return out_ ? traits_type::not_eof(c) : traits_type::eof();
+  }
+  int sync() override {
+    flush_buf();
+    return out_ ? 0 : -1;
+  }
+
+ private:
+  void flush_buf() {
+    const std::ptrdiff_t n = pptr() - pbase();
+    if (n > 0) {
+      h_ = fnv1a(pbase(), (size_t)n, h_);
+      out_.write(pbase(), n);
+    }
+    setp(buf_.data(), buf_.data() + buf_.size());
+  }
+  std::ofstream& out_;
+  std::vector<char> buf_;
+  uint64_t h_ = 1469598103934665603ULL;
+};
+
+// FNV-1a of the first n bytes of a file, read in pieces.
+uint64_t fnv1a_file(std::ifstream& in, uint64_t n) {
+  std::vector<char> buf(1 << 20);
+  uint64_t h = 1469598103934665603ULL;
+  in.seekg(0);
+  while (n > 0 && in) {
+    const size_t k = (size_t)std::min<uint64_t>(n, buf.size());
+    in.read(buf.data(), (std::streamsize)k);
+    h = fnv1a(buf.data(), (size_t)in.gcount(), h);
+    n -= (uint64_t)in.gcount();
+  }
+  return h;
+}
+
 std::string get_str(std::istream& in, size_t limit) {
   uint64_t n = 0;
   in.read((char*)&n, 8);
@@ -187,31 +241,33 @@ std::string Session::model_identity() const {
 }
 
 void Session::save(const std::string& path, const std::string& meta) const {
-  std::ostringstream body;
-  body.write(kMagic, 4);
-  body.write((const char*)&kVersion, 4);
-  put_str(body, model_identity());
-  put_str(body, kv_spec());
-  put_str(body, meta);
-  const uint64_t nt = state_->tokens.size();
-  body.write((const char*)&nt, 8);
-  body.write((const char*)state_->tokens.data(), (std::streamsize)(nt * sizeof(int32_t)));
-  if (cuda_) {
-    std::lock_guard<std::mutex> lock(engine_->device);
-    cuda_->save_kv(body);  // the f16 cache's payload, byte for byte: files move between backends
-  } else {
-    state_->kv->save(body);
-  }
-  const std::string bytes = body.str();
-  const uint64_t sum = fnv1a(bytes.data(), bytes.size());
   const std::string tmp = path + ".tmp" + std::to_string((uintptr_t)this);
-  {
+  try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     LKV_CHECK((bool)out, "cannot write state file %s", tmp.c_str());
-    out.write(bytes.data(), (std::streamsize)bytes.size());
+    HashingFileBuf hb(out);
+    std::ostream body(&hb);
+    body.write(kMagic, 4);
+    body.write((const char*)&kVersion, 4);
+    put_str(body, model_identity());
+    put_str(body, kv_spec());
+    put_str(body, meta);
+    const uint64_t nt = state_->tokens.size();
+    body.write((const char*)&nt, 8);
+    body.write((const char*)state_->tokens.data(), (std::streamsize)(nt * sizeof(int32_t)));
+    if (cuda_) {
+      std::lock_guard<std::mutex> lock(engine_->device);
+      cuda_->save_kv(body);  // the f16 cache's payload, byte for byte: files move between backends
+    } else {
+      state_->kv->save(body);
+    }
+    const uint64_t sum = hb.hash();
     out.write((const char*)&sum, 8);
     out.flush();
-    LKV_CHECK((bool)out, "failed writing state file %s (disk full?)", tmp.c_str());
+    LKV_CHECK(body && out, "failed writing state file %s (disk full?)", tmp.c_str());
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
@@ -219,15 +275,24 @@ void Session::save(const std::string& path, const std::string& meta) const {
   }
 }
 
+// Read twice, never held whole in memory: first the checksum over the file, then the payload
+// straight from the file into the new cache (so a corrupt file changes nothing).
 std::string Session::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  LKV_CHECK((bool)in, "cannot open state file %s", path.c_str());
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  LKV_CHECK(bytes.size() >= 16 && std::memcmp(bytes.data(), kMagic, 4) == 0, "%s is not a llamakv state file", path.c_str());
+  std::ifstream body(path, std::ios::binary);
+  LKV_CHECK((bool)body, "cannot open state file %s", path.c_str());
+  body.seekg(0, std::ios::end);
+  const uint64_t size = (uint64_t)body.tellg();
+  char magic[4] = {0, 0, 0, 0};
+  body.seekg(0);
+  body.read(magic, 4);
+  LKV_CHECK(body && size >= 16 && std::memcmp(magic, kMagic, 4) == 0, "%s is not a llamakv state file", path.c_str());
   uint64_t sum = 0;
-  std::memcpy(&sum, bytes.data() + bytes.size() - 8, 8);
-  LKV_CHECK(fnv1a(bytes.data(), bytes.size() - 8) == sum, "state file %s is corrupt (checksum mismatch)", path.c_str());
-  std::istringstream body(bytes.substr(4, bytes.size() - 12));
+  body.seekg((std::streamoff)(size - 8));
+  body.read((char*)&sum, 8);
+  LKV_CHECK(body && fnv1a_file(body, size - 8) == sum, "state file %s is corrupt (checksum mismatch)", path.c_str());
+  body.clear();
+  body.seekg(4);
+  const uint64_t payload_end = size - 8;  // the checksum follows the payload
   uint32_t version = 0;
   body.read((char*)&version, 4);
   LKV_CHECK(version == kVersion, "state file %s has version %u, this build reads %u", path.c_str(), version, kVersion);
@@ -236,7 +301,7 @@ std::string Session::load(const std::string& path) {
   const std::string spec = get_str(body, 4096);
   LKV_CHECK(spec == kv_spec(), "state file %s uses KV spec '%s', this session uses '%s'", path.c_str(), spec.c_str(),
             kv_spec().c_str());
-  std::string meta = get_str(body, bytes.size());
+  std::string meta = get_str(body, (size_t)size);
   uint64_t nt = 0;
   body.read((char*)&nt, 8);
   LKV_CHECK(body && nt <= (uint64_t)n_ctx_, "state file %s holds %llu tokens, more than this session's context %d", path.c_str(),
@@ -247,13 +312,16 @@ std::string Session::load(const std::string& path) {
   if (cuda_) {
     // The device cache is overwritten as the payload is read, so check its size first: a bad file
     // must leave the session untouched.
-    const size_t at = (size_t)body.tellg();
-    const size_t rest = bytes.size() - 12 - at;
+    const uint64_t at = (uint64_t)body.tellg();
+    const uint64_t rest = payload_end - at;
     // (a compressed payload is checked by load_kv itself, which leaves the session as it was)
     if (spec == "f16") {
       const uint64_t want = cuda_f16_payload_bytes(model_->cfg, nt);
       int32_t n = -1;
-      if (rest >= 4) std::memcpy(&n, bytes.data() + 4 + at, 4);
+      if (rest >= 4) {
+        body.read((char*)&n, 4);
+        body.seekg((std::streamoff)at);
+      }
       LKV_CHECK(rest == want && n == (int32_t)nt, "state file %s: the cache payload does not match its %llu tokens", path.c_str(),
                 (unsigned long long)nt);
     }
@@ -271,6 +339,7 @@ std::string Session::load(const std::string& path) {
   }
   auto fresh = make_session_state(*model_, n_ctx_, spec);
   fresh->kv->load(body);
+  LKV_CHECK(body && (uint64_t)body.tellg() == payload_end, "state file %s: the cache payload does not end where the file does", path.c_str());
   LKV_CHECK(fresh->kv->n_tokens() == (int)nt, "state file %s: cache holds %d tokens, token list %llu", path.c_str(),
             fresh->kv->n_tokens(), (unsigned long long)nt);
   fresh->tokens = std::move(toks);
