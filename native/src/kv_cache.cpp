@@ -73,8 +73,8 @@ class DenseKvCache final : public KvCache {
     for (int h = 0; h < s_.n_head_kv; h++) {
       std::vector<T>& K = k_[(size_t)layer * s_.n_head_kv + h];
       std::vector<T>& V = v_[(size_t)layer * s_.n_head_kv + h];
-      grow(K, k_elems(pos + n));
-      grow(V, (size_t)(pos + n) * hd);
+      grow(K, k_elems(pos + n), k_elems(s_.n_ctx));
+      grow(V, (size_t)(pos + n) * hd, (size_t)s_.n_ctx * hd);
       for (int i = 0; i < n; i++) {
         const int p = pos + i;
         const float* ks = k + (size_t)i * stride + h * hd;
@@ -193,6 +193,8 @@ class DenseKvCache final : public KvCache {
     in.read((char*)&n, sizeof n);
     LKV_CHECK(in && n >= 0 && n <= s_.n_ctx, "kv state: bad token count");
     for (size_t i = 0; i < k_.size(); i++) {
+      grow(k_[i], k_elems(n), k_elems(s_.n_ctx));
+      grow(v_[i], (size_t)n * s_.head_dim, (size_t)s_.n_ctx * s_.head_dim);
       k_[i].resize(k_elems(n));
       v_[i].resize((size_t)n * s_.head_dim);
       in.read((char*)k_[i].data(), (std::streamsize)(k_[i].size() * sizeof(T)));
@@ -206,9 +208,13 @@ class DenseKvCache final : public KvCache {
  private:
   // elements of a key array holding n positions (whole tiles)
   size_t k_elems(int n) const { return (size_t)((n + KTILE - 1) / KTILE) * KTILE * s_.head_dim; }
-  static void grow(std::vector<T>& a, size_t need) {
+  // Grows a key or value array to `need` elements. The first growth reserves room for the whole
+  // context (`full`): address space only, pages become resident as positions are written. Growing
+  // by doubling held the old and the new array at once at every doubling (the cache's peak
+  // memory twice its size) and copied the cache each time.
+  static void grow(std::vector<T>& a, size_t need, size_t full) {
     if (a.size() >= need) return;
-    if (a.capacity() < need) a.reserve(std::max(need, a.capacity() * 2));
+    if (a.capacity() < need) a.reserve(std::max(need, full));
     a.resize(need);
   }
   static T convert1(float x);
