@@ -35,7 +35,7 @@ import type {
   StatusResult,
   WorkspaceState,
 } from './protocol';
-import { classifyContent, DEFAULT_MAX_FILE_BYTES, OpenDocument, selectWithinBudget, WorkspaceCollector, WorkspaceFile } from './workspace';
+import { classifyContent, DEFAULT_MAX_FILE_BYTES, OpenDocument, rootLabels, selectWithinBudget, WorkspaceCollector, WorkspaceFile } from './workspace';
 
 export const DEFAULT_SETTINGS: SidecarSettings = {
   modelPath: '',
@@ -682,11 +682,12 @@ export class Assistant {
 
   /** Path as shown in the prompt (relative to its workspace folder, folder-prefixed when multi-root). */
   relPath(abs: string): string {
-    for (const r of this.roots) {
+    const labels = rootLabels(this.roots);
+    for (const [i, r] of this.roots.entries()) {
       const rel = path.relative(r, abs);
       if (!rel.startsWith('..') && !path.isAbsolute(rel)) {
         const p = rel.split(path.sep).join('/');
-        return this.roots.length > 1 ? `${path.basename(r)}/${p}` : p;
+        return labels[i] ? `${labels[i]}/${p}` : p;
       }
     }
     return abs;

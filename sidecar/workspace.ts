@@ -331,13 +331,13 @@ export class WorkspaceCollector {
     const files: WorkspaceFile[] = [];
     const leftOut: LeftOutFile[] = [];
     const seenReads = new Set<string>();
-    const multi = opts.roots.length > 1;
+    const labels = rootLabels(opts.roots);
     let walked = 0;
     let capped = false;
 
-    for (const rootIn of opts.roots) {
+    for (const [ri, rootIn] of opts.roots.entries()) {
       const root = path.resolve(rootIn);
-      const prefix = multi ? `${path.basename(root)}/` : '';
+      const prefix = labels[ri] ? `${labels[ri]}/` : '';
       const above = ancestorIgnores(root);
       const rootLayers: IgnoreLayer[] = [];
       const infoExclude = loadIgnoreFile(path.join(root, '.git', 'info', 'exclude'));
@@ -471,6 +471,30 @@ export class WorkspaceCollector {
     }
     return { abs, rel: shown, text: cached.verdict.text, bytes: st.size, mtimeMs: st.mtimeMs, hash: cached.hash, open: false, dirty: false, dirtySince: 0 };
   }
+}
+
+/**
+ * The prefix of each workspace folder's paths: none for a single folder, else the folder's name,
+ * with as many parent folders as it takes to tell apart folders of the same name
+ * ("api/src", "web/src"), and a number where even full paths end alike.
+ */
+export function rootLabels(roots: string[]): string[] {
+  if (roots.length <= 1) return roots.map(() => '');
+  const parts = roots.map((r) => path.resolve(r).split(path.sep).filter((x) => x.length > 0));
+  const label = (i: number, depth: number) => parts[i].slice(Math.max(0, parts[i].length - depth)).join('/') || '/';
+  const depth = roots.map(() => 1);
+  for (let round = 0; round < 64; round++) {
+    const labels = roots.map((_, i) => label(i, depth[i]));
+    let clash = false;
+    for (let i = 0; i < roots.length; i++)
+      if (labels.some((l, j) => j !== i && l === labels[i]) && depth[i] < parts[i].length) {
+        depth[i]++;
+        clash = true;
+      }
+    if (!clash) break;
+  }
+  const out = roots.map((_, i) => label(i, depth[i]));
+  return out.map((l, i) => (out.indexOf(l) === i ? l : `${l}~${i + 1}`));
 }
 
 /**

@@ -5,7 +5,7 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
 import { test } from 'node:test';
-import { classifyContent, saysGenerated, globToRegExp, GlobSet, selectWithinBudget, stableOrder, WorkspaceCollector, WorkspaceFile } from '../../sidecar/workspace';
+import { classifyContent, rootLabels, saysGenerated, globToRegExp, GlobSet, selectWithinBudget, stableOrder, WorkspaceCollector, WorkspaceFile } from '../../sidecar/workspace';
 import { tmpDirsRemovedAfter } from '../helpers';
 
 const tmpDir = tmpDirsRemovedAfter();
@@ -165,4 +165,13 @@ test('collection: multi-root paths carry the folder name', () => {
   writeFile(path.join(base, 'two'), 'b.ts', 'b\n');
   const col = new WorkspaceCollector().collect({ roots: [path.join(base, 'one'), path.join(base, 'two')] });
   assert.deepEqual(col.files.map((f) => f.rel).sort(), ['one/a.ts', 'two/b.ts']);
+  // two folders of the same name are told apart by their parents, never merged into one path
+  writeFile(path.join(base, 'api', 'src'), 'index.ts', 'api\n');
+  writeFile(path.join(base, 'web', 'src'), 'index.ts', 'web\n');
+  const same = new WorkspaceCollector().collect({ roots: [path.join(base, 'api', 'src'), path.join(base, 'web', 'src')] });
+  assert.deepEqual(same.files.map((f) => `${f.rel}=${f.text.trim()}`).sort(), ['api/src/index.ts=api', 'web/src/index.ts=web']);
+  assert.deepEqual(rootLabels(['/x/a', '/y/b']), ['a', 'b']);
+  assert.deepEqual(rootLabels(['/p/q/src', '/r/q/src', '/s/t/src']), ['p/q/src', 'r/q/src', 't/src']);
+  assert.deepEqual(rootLabels(['/only']), ['']);
+  assert.deepEqual(rootLabels(['/a/src', '/a/src']), ['a/src', 'a/src~2']);
 });
