@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -142,7 +141,9 @@ namespace {
 constexpr char kMagic[4] = {'L', 'K', 'V', 'S'};
 constexpr uint32_t kVersion = 1;
 
-uint64_t fnv1a(const char* p, size_t n, uint64_t h = 1469598103934665603ULL) {
+constexpr uint64_t kFnvSeed = 1469598103934665603ULL;  // FNV-1a's offset basis
+
+uint64_t fnv1a(const char* p, size_t n, uint64_t h = kFnvSeed) {
   for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 1099511628211ULL;
   return h;
 }
@@ -188,13 +189,13 @@ class HashingFileBuf final : public std::streambuf {
   }
   std::ofstream& out_;
   std::vector<char> buf_;
-  uint64_t h_ = 1469598103934665603ULL;
+  uint64_t h_ = kFnvSeed;
 };
 
 // FNV-1a of the first n bytes of a file, read in pieces.
 uint64_t fnv1a_file(std::ifstream& in, uint64_t n) {
   std::vector<char> buf(1 << 20);
-  uint64_t h = 1469598103934665603ULL;
+  uint64_t h = kFnvSeed;
   in.seekg(0);
   while (n > 0 && in) {
     const size_t k = (size_t)std::min<uint64_t>(n, buf.size());
