@@ -59,6 +59,13 @@ uint8_t* scratch(size_t bytes) {
   return buf.data()->b;
 }
 
+// The Q8_0/Q4_0 prefill kernel's repacked weight panel, one per thread that runs a task (the
+// calling thread runs tasks too, so this cannot be scratch()'s buffer, which holds activations).
+uint8_t* panel_scratch() {
+  static thread_local std::vector<Line> buf((cpu::kQ8PanelBytes + 63) / 64);
+  return buf.data()->b;
+}
+
 void run_tasks(ThreadPool* pool, int n, const std::function<void(int)>& fn) {
   if (pool && n > 1) {
     pool->run(n, fn);
@@ -98,7 +105,9 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
     run_tasks(n_tok >= 8 ? pool : nullptr, n_tok, [&](int t) {
       isa->quantize_q8(x + (int64_t)t * W.cols, (int8_t*)a8.qs + (int64_t)t * W.cols, (float*)a8.d + t * a8.nb, W.cols);
     });
-    act_bytes_per_tok = (size_t)W.cols + a8.nb * sizeof(float);
+    // the prefill kernel works through a row kQ8PanelBlocks blocks at a time
+    const int64_t span = std::min<int64_t>(a8.nb, cpu::kQ8PanelBlocks);
+    act_bytes_per_tok = (size_t)span * (32 + sizeof(float));
   } else if (isa && qk) {
     const int64_t nb = W.cols / QK_K;
     a8k = (block_q8_K*)scratch((size_t)n_tok * nb * sizeof(block_q8_K));
@@ -110,11 +119,14 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
   // 2. tasks = row chunks x token chunks, handed out dynamically (a thread that the shared
   // machine preempts holds up at most one chunk). Few tokens (decode): row chunks only, sized
   // so that each thread gets about 16 (rows stream from memory; more chunks balance better,
-  // fewer cost less per chunk). Prefill: token chunks whose activations stay in L2 (~192 KiB)
-  // while a tile of weight rows is reused for all of them from L1.
+  // fewer cost less per chunk). Prefill: token chunks whose activations stay in L2 while the
+  // weights they share are reused from closer: the float and K-quant tiles reuse a tile of rows
+  // from L1 (activations ~192 KiB); the Q8_0/Q4_0 kernel reuses a repacked panel (~70 KiB, L2)
+  // across the activations of the panel's span (~290 KiB for 64 tokens; L2 is 512 KiB on Zen 3).
   int tok_chunk = n_tok;
   if (n_tok > 4) {
-    tok_chunk = (int)std::max<size_t>(8, ((size_t)192 << 10) / act_bytes_per_tok);
+    const size_t act_budget = (size_t)(isa && q8 ? 320 : 192) << 10;
+    tok_chunk = (int)std::max<size_t>(8, act_budget / act_bytes_per_tok);
     tok_chunk = std::min(tok_chunk, 64) & ~3;
     if (tok_chunk >= n_tok) tok_chunk = n_tok;
   }
@@ -131,7 +143,7 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
     if (!isa)
       scalar_mm_any(W, x, y, r0, r1, t0, t1);
     else if (q8)
-      isa->mm_q8_0(W, a8, y, r0, r1, t0, t1);
+      isa->mm_q8_0(W, a8, y, r0, r1, t0, t1, panel_scratch());
     else if (qk)
       isa->mm_qk(W, a8k, y, r0, r1, t0, t1);
     else

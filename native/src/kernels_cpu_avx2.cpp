@@ -14,10 +14,10 @@ namespace {
 
 struct Isa {
   static constexpr const char* kName = "avx2";
-  // tiles sized for 16 registers: float 8 accumulators + 4 weights + x; q8 8 accumulators +
-  // a row's block, |block| and scale + temporaries
+  // tiles sized for 16 registers: float 8 accumulators + 4 weights + x; the q8 panel kernel
+  // 2 per token (integer block sums, float totals) + values, |values| and temporaries
   static constexpr int kFloatR = 4, kFloatT = 2;
-  static constexpr int kQ8R = 4, kQ8T = 2;
+  static constexpr int kPanelT = 5;
   static constexpr int kQ8RowTokens = 3;
   static constexpr int kQKT = 4;
   // 8 lanes, each the sum of 4 products u8*s8. maddubs saturates at int16, which the callers
@@ -25,6 +25,7 @@ struct Isa {
   static inline __m256i dot_u8s8(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
   }
+  static inline __m256i dot_u8s8_add(__m256i acc, __m256i u, __m256i s) { return _mm256_add_epi32(acc, dot_u8s8(u, s)); }
 };
 
 #include "kernels_cpu_simd.inc"

@@ -17,12 +17,13 @@ namespace {
 struct Isa {
   static constexpr const char* kName = "avx512";
   static constexpr int kFloatR = 4, kFloatT = 4;  // 16 accumulators of 32 registers
-  static constexpr int kQ8R = 4, kQ8T = 4;
+  static constexpr int kPanelT = 6;
   static constexpr int kQ8RowTokens = 3;
   static constexpr int kQKT = 4;
   static inline __m256i dot_u8s8(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
   }
+  static inline __m256i dot_u8s8_add(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 };
 
 #include "kernels_cpu_simd.inc"

@@ -20,13 +20,20 @@ struct ActQ8 {
   int64_t nb;  // blocks per token = cols / 32
 };
 
+// mm_q8_0's prefill kernel repacks 8 weight rows at a time, kQ8PanelBlocks blocks of them, into a
+// per-thread buffer of kQ8PanelBytes (values, |values| and scales).
+constexpr int64_t kQ8PanelBlocks = 128;
+constexpr size_t kQ8PanelBytes = kQ8PanelBlocks * (2 * 8 * 32 + 8 * sizeof(float));
+
 // Every matmul entry computes y[t*W.rows + r] for r in [r0, r1) and t in [t0, t1).
 struct IsaOps {
   const char* name;
   // F32, F16, BF16 weights against float activations
   void (*mm_float)(const WeightView& W, const float* x, float* y, int64_t r0, int64_t r1, int t0, int t1);
-  // Q8_0 or Q4_0 weights against ActQ8 activations
-  void (*mm_q8_0)(const WeightView& W, const ActQ8& a, float* y, int64_t r0, int64_t r1, int t0, int t1);
+  // Q8_0 or Q4_0 weights against ActQ8 activations; `panel`: kQ8PanelBytes, 32-byte aligned, the
+  // calling thread's own
+  void (*mm_q8_0)(const WeightView& W, const ActQ8& a, float* y, int64_t r0, int64_t r1, int t0, int t1,
+                  uint8_t* panel);
   // Q4_K or Q6_K weights against Q8_K activations (token t's blocks at a + t*cols/256)
   void (*mm_qk)(const WeightView& W, const block_q8_K* a, float* y, int64_t r0, int64_t r1, int t0, int t1);
   // one token row of n values (n % 32 == 0, resp. n % 256 == 0)

@@ -234,8 +234,11 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
       report(ok, name, detail);
     }
   }
-  // a batch of tokens gives the same bits as the tokens one at a time (the prefill tile and the
-  // decode kernel sum in the same order): batched prefill then equals token-by-token decode
+  // a batch of tokens (the prefill panel kernel) against the same tokens one at a time (the decode
+  // kernel): both take the same 8-bit activations and exact integer block sums, so they differ only
+  // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
+  // quantization error the reference comparisons allow, so a token or row mixed up in either path
+  // fails here even where it would hide in those
   for (uint32_t type : {kQ8_0, kQ4_0}) {
     for (int64_t cols : {2048, 16640}) {
       const int64_t rows = 11;
@@ -244,13 +247,22 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
       WeightView W{type, w.data(), rows, cols, ggml_row_bytes(type, cols)};
       std::vector<float> x = gauss_vec((size_t)n_tok * cols), yb((size_t)n_tok * rows), y1(rows);
       k.matmul(W, x.data(), n_tok, yb.data(), pool2);
-      bool same = true;
+      double e2 = 0, s2 = 0;
+      bool finite = true;
       for (int t = 0; t < n_tok; t++) {
         k.matmul(W, x.data() + (size_t)t * cols, 1, y1.data(), pool2);
-        same &= std::memcmp(y1.data(), yb.data() + (size_t)t * rows, rows * sizeof(float)) == 0;
+        for (int64_t r = 0; r < rows; r++) {
+          const double b = yb[(size_t)t * rows + r], d = b - y1[r];
+          finite &= std::isfinite(b) && std::isfinite(y1[r]);
+          e2 += d * d;
+          s2 += b * b;
+        }
       }
-      report(same, std::string("matmul/") + k.name + "/" + ggml_type_name(type) + "/batch=single/" + std::to_string(cols),
-             "9 tokens at once and one at a time: identical bits");
+      const double rel = std::sqrt(e2 / s2);
+      char detail[128];
+      std::snprintf(detail, sizeof detail, "9 tokens at once and one at a time: rms diff %.2e of the outputs' rms (budget 1e-5)", rel);
+      report(finite && rel <= 1e-5, std::string("matmul/") + k.name + "/" + ggml_type_name(type) + "/batch=single/" + std::to_string(cols),
+             detail);
     }
   }
   // columns that are not a multiple of 8 (float types have block size 1), and an odd number of
