@@ -113,19 +113,19 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
     a8k = (block_q8_K*)scratch((size_t)n_tok * nb * sizeof(block_q8_K));
     run_tasks(n_tok >= 8 ? pool : nullptr, n_tok,
               [&](int t) { isa->quantize_q8_K(x + (int64_t)t * W.cols, a8k + t * nb, W.cols); });
-    act_bytes_per_tok = nb * sizeof(block_q8_K);
+    act_bytes_per_tok = std::min<int64_t>(nb, cpu::kQKPanelBlocks) * sizeof(block_q8_K);  // a panel's span
   }
 
   // 2. tasks = row chunks x token chunks, handed out dynamically (a thread that the shared
   // machine preempts holds up at most one chunk). Few tokens (decode): row chunks only, sized
   // so that each thread gets about 16 (rows stream from memory; more chunks balance better,
   // fewer cost less per chunk). Prefill: token chunks whose activations stay in L2 while the
-  // weights they share are reused from closer: the float and K-quant tiles reuse a tile of rows
-  // from L1 (activations ~192 KiB); the Q8_0/Q4_0 kernel reuses a repacked panel (~70 KiB, L2)
-  // across the activations of the panel's span (~290 KiB for 64 tokens; L2 is 512 KiB on Zen 3).
+  // weights they share are reused from closer: the float tile reuses a tile of rows from L1
+  // (activations ~192 KiB); the integer kernels reuse a repacked panel (46-70 KiB, L2) across the
+  // activations of the panel's span (~290 KiB for 64 tokens; L2 is 512 KiB on Zen 3).
   int tok_chunk = n_tok;
   if (n_tok > 4) {
-    const size_t act_budget = (size_t)(isa && q8 ? 320 : 192) << 10;
+    const size_t act_budget = (size_t)(isa && (q8 || qk) ? 320 : 192) << 10;
     tok_chunk = (int)std::max<size_t>(8, act_budget / act_bytes_per_tok);
     tok_chunk = std::min(tok_chunk, 64) & ~3;
     if (tok_chunk >= n_tok) tok_chunk = n_tok;
@@ -145,7 +145,7 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
     else if (q8)
       isa->mm_q8_0(W, a8, y, r0, r1, t0, t1, panel_scratch());
     else if (qk)
-      isa->mm_qk(W, a8k, y, r0, r1, t0, t1);
+      isa->mm_qk(W, a8k, y, r0, r1, t0, t1, panel_scratch());
     else
       isa->mm_float(W, x, y, r0, r1, t0, t1);
   });

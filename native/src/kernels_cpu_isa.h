@@ -21,9 +21,11 @@ struct ActQ8 {
 };
 
 // mm_q8_0's prefill kernel repacks 8 weight rows at a time, kQ8PanelBlocks blocks of them, into a
-// per-thread buffer of kQ8PanelBytes (values, |values| and scales).
+// per-thread buffer of kQ8PanelBytes (values, |values| and scales); mm_qk's repacks
+// kQKPanelBlocks super-blocks of 8 rows into the same buffer.
 constexpr int64_t kQ8PanelBlocks = 128;
 constexpr size_t kQ8PanelBytes = kQ8PanelBlocks * (2 * 8 * 32 + 8 * sizeof(float));
+constexpr int64_t kQKPanelBlocks = 16;
 
 // Every matmul entry computes y[t*W.rows + r] for r in [r0, r1) and t in [t0, t1).
 struct IsaOps {
@@ -34,8 +36,10 @@ struct IsaOps {
   // calling thread's own
   void (*mm_q8_0)(const WeightView& W, const ActQ8& a, float* y, int64_t r0, int64_t r1, int t0, int t1,
                   uint8_t* panel);
-  // Q4_K or Q6_K weights against Q8_K activations (token t's blocks at a + t*cols/256)
-  void (*mm_qk)(const WeightView& W, const block_q8_K* a, float* y, int64_t r0, int64_t r1, int t0, int t1);
+  // Q4_K or Q6_K weights against Q8_K activations (token t's blocks at a + t*cols/256); `panel`
+  // as for mm_q8_0
+  void (*mm_qk)(const WeightView& W, const block_q8_K* a, float* y, int64_t r0, int64_t r1, int t0, int t1,
+                uint8_t* panel);
   // one token row of n values (n % 32 == 0, resp. n % 256 == 0)
   void (*quantize_q8)(const float* x, int8_t* qs, float* d, int64_t n);
   void (*quantize_q8_K)(const float* x, block_q8_K* y, int64_t n);

@@ -239,7 +239,7 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
   // quantization error the reference comparisons allow, so a token or row mixed up in either path
   // fails here even where it would hide in those
-  for (uint32_t type : {kQ8_0, kQ4_0}) {
+  for (uint32_t type : {kQ8_0, kQ4_0, kQ4_K, kQ6_K}) {
     for (int64_t cols : {2048, 16640}) {
       const int64_t rows = 11;
       const int n_tok = 9;
