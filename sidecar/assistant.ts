@@ -7,6 +7,7 @@ import * as path from 'path';
 import { fileURLToPath } from 'url';
 import { CancelledError, Model, Session } from './engine';
 import { unsupportedReason, inspectGguf } from './gguf-header';
+import { prefillProgressText } from './format';
 import { log } from './log';
 import { DEMO_NOTICE, discoverModels, ensureDemoModel, pickModel } from './models';
 import { CacheIdentity, modelIdentity, WorkspacePrefix } from './prefix-cache';
@@ -557,6 +558,7 @@ export class Assistant {
     }
     let lastPct = -1;
     const heldBefore = prefix.nTokens;
+    const started = Date.now();
     try {
       const r = await prefix.sync(layout, {
         signal: combine(hooks.signal, this.shutdown.signal),
@@ -564,7 +566,7 @@ export class Assistant {
           const pct = Math.floor((100 * done) / Math.max(1, total));
           if (pct !== lastPct) {
             lastPct = pct;
-            hooks.progress?.report(pct, `${done.toLocaleString('en-US')} / ${total.toLocaleString('en-US')} tokens`);
+            hooks.progress?.report(pct, prefillProgressText(done, total, Date.now() - started));
           }
         },
       });

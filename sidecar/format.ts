@@ -33,3 +33,17 @@ const plural = (n: number, one: string, many: string) => `${formatCount(n)} ${n 
 export function kvSummaryLine(kv: Pick<KvStats, 'bytes' | 'f16Bytes'>, workspaceTokens: number, leftOut: number): string {
   return `KV cache: ${formatKvSaving(kv)}, ${plural(workspaceTokens, 'workspace token', 'workspace tokens')}, ${plural(leftOut, 'file', 'files')} left out`;
 }
+
+/**
+ * A workspace prefill's progress line: "12,288 / 30,720 tokens", and once it has run a few
+ * seconds "12,288 / 30,720 tokens · 41 tok/s · about 8 min left" from the rate so far (attention
+ * slows as the context grows, so on long prefills the estimate errs short: "about").
+ */
+export function prefillProgressText(done: number, total: number, elapsedMs: number): string {
+  const base = `${formatCount(done)} / ${formatCount(total)} tokens`;
+  if (!(elapsedMs >= 3000) || !(done > 0) || done >= total) return base;
+  const rate = done / (elapsedMs / 1000);
+  const left = (total - done) / rate;
+  const eta = left < 60 ? 'under a minute' : left < 90 * 60 ? `about ${Math.round(left / 60)} min` : `about ${(left / 3600).toFixed(1)} h`;
+  return `${base} \u00b7 ${rate >= 10 ? Math.round(rate) : rate.toFixed(1)} tok/s \u00b7 ${eta} left`;
+}
