@@ -1,6 +1,6 @@
-// format.ts — how sizes and KV savings are written for people: the CLI's summary line and the
-// status bar use the same words ("KV cache: 1.9 GB → 236 MB (−88%)"). Units are binary (1 GB =
-// 2^30 bytes), as memory is.
+// format.ts — how sizes and KV savings are written for people, in one place for the CLI's summary
+// line and the extension's status bar, tooltips and cache details ("KV cache: 1.9 GB → 236 MB
+// (−88%)"). Units are binary (1 GB = 2^30 bytes), as memory is, and as the benchmark's MiB are.
 import type { KvStats } from './protocol';
 
 export function formatBytes(n: number): string {
@@ -16,15 +16,20 @@ export function formatBytes(n: number): string {
   return `${v.toFixed(digits)} ${units[u]}`;
 }
 
+/** Fraction of the f16 cache saved, in whole percent (0 when nothing is cached). */
+export function savedPercent(kv: Pick<KvStats, 'bytes' | 'f16Bytes'>): number {
+  return kv.f16Bytes > 0 ? Math.round((100 * (kv.f16Bytes - kv.bytes)) / kv.f16Bytes) : 0;
+}
+
 /** "1.9 GB → 236 MB (−88%)"; the percentage uses a real minus sign. */
 export function formatKvSaving(kv: Pick<KvStats, 'bytes' | 'f16Bytes'>): string {
-  const pct = kv.f16Bytes > 0 ? Math.round((100 * (kv.f16Bytes - kv.bytes)) / kv.f16Bytes) : 0;
+  const pct = savedPercent(kv);
   const sign = pct > 0 ? '\u2212' : pct < 0 ? '+' : '';
   return `${formatBytes(kv.f16Bytes)} \u2192 ${formatBytes(kv.bytes)} (${sign}${Math.abs(pct)}%)`;
 }
 
 export function formatCount(n: number): string {
-  return n.toLocaleString('en-US');
+  return Math.round(n).toLocaleString('en-US');
 }
 
 const plural = (n: number, one: string, many: string) => `${formatCount(n)} ${n === 1 ? one : many}`;

@@ -4,24 +4,29 @@ import * as assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { cacheDetailsHtml, perLayerSvg, tiersSvg, tokenTiers } from '../../extension/cachePicture';
 import { bitsPerValue, escapeHtml, evictedTokens, formatBytes, savedPercent, savingsText } from '../../extension/format';
+import { kvSummaryLine } from '../../sidecar/format';
 import type { KvStats, StatusResult } from '../../sidecar/protocol';
 
-test('formatBytes uses decimal units with one decimal below 10', () => {
+test('formatBytes uses binary units with one decimal below 10 (the CLI writes sizes the same way)', () => {
   assert.equal(formatBytes(0), '0 B');
-  assert.equal(formatBytes(-5), '0 B');
-  assert.equal(formatBytes(999), '999 B');
-  assert.equal(formatBytes(1000), '1.0 KB');
-  assert.equal(formatBytes(236e6), '236 MB');
-  assert.equal(formatBytes(1.9e9), '1.9 GB');
-  assert.equal(formatBytes(16 * 2 ** 30), '17 GB');
+  assert.equal(formatBytes(-5), '?');
+  assert.equal(formatBytes(Number.NaN), '?');
+  assert.equal(formatBytes(1023), '1023 B');
+  assert.equal(formatBytes(1024), '1.0 KB');
+  assert.equal(formatBytes(236 * 2 ** 20), '236 MB');
+  assert.equal(formatBytes(1.9 * 2 ** 30), '1.9 GB');
+  assert.equal(formatBytes(1e9), '954 MB');
+  assert.equal(formatBytes(16 * 2 ** 30), '16 GB');
 });
 
-test('savingsText is the status bar figure', () => {
-  assert.equal(savingsText({ f16Bytes: 1.9e9, bytes: 236e6 }), 'KV 1.9 GB \u2192 236 MB (\u221288%)');
-  assert.equal(savingsText({ f16Bytes: 341e3, bytes: 341e3 }), 'KV 341 KB \u2192 341 KB (0%)');
+test('savingsText is the status bar figure, the CLI summary line\'s words', () => {
+  assert.equal(savingsText({ f16Bytes: 1.9 * 2 ** 30, bytes: 236 * 2 ** 20 }), 'KV 1.9 GB \u2192 236 MB (\u221288%)');
+  assert.equal(savingsText({ f16Bytes: 341 * 1024, bytes: 341 * 1024 }), 'KV 341 KB \u2192 341 KB (0%)');
   assert.equal(savingsText({ f16Bytes: 0, bytes: 0 }), 'KV 0 B \u2192 0 B (0%)');
   assert.equal(savedPercent({ f16Bytes: 100, bytes: 120 }), -20);
   assert.equal(savingsText({ f16Bytes: 100, bytes: 120 }), 'KV 100 B \u2192 120 B (+20%)');
+  const kv = { f16Bytes: 2040109466, bytes: 247463936 };
+  assert.ok(kvSummaryLine(kv, 1, 0).startsWith(`KV cache: ${savingsText(kv).slice(3)},`));
 });
 
 test('bits per value and evicted tokens', () => {
@@ -35,7 +40,7 @@ test('escapeHtml escapes the five characters', () => {
   assert.equal(escapeHtml(`<a href="x" title='y'>&</a>`), '&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;');
 });
 
-const kv: KvStats = { tokens: 1000, residentTokens: 800, bytes: 2e6, f16Bytes: 8e6, spec: 'k4v2', perLayer: [1e6, 5e5, 5e5], tiers: { evicted: 200, q4: 600, q8: 200 } };
+const kv: KvStats = { tokens: 1000, residentTokens: 800, bytes: 2 * 2 ** 20, f16Bytes: 8 * 2 ** 20, spec: 'k4v2', perLayer: [2 ** 20, 2 ** 19, 2 ** 19], tiers: { evicted: 200, q4: 600, q8: 200 } };
 
 test('token tiers come in precision order, or as kept/evicted without tiers', () => {
   assert.deepEqual(tokenTiers(kv).map((t) => t.name), ['q8', 'q4', 'evicted']);
@@ -43,7 +48,7 @@ test('token tiers come in precision order, or as kept/evicted without tiers', ()
 });
 
 test('the per-layer chart has one bar per layer, the tallest full height', () => {
-  const svg = perLayerSvg([1e6, 5e5, 5e5]);
+  const svg = perLayerSvg([2 ** 20, 2 ** 19, 2 ** 19]);
   assert.equal((svg.match(/<rect class="c-blue"/g) ?? []).length, 3);
   assert.match(svg, /height="106\.0"><title>layer 0: 1\.0 MB/);
   assert.match(perLayerSvg([]), /no per-layer bytes/);

@@ -89,7 +89,7 @@ test('the status bar renders a StatusResult: saving, loading, indexing, errors',
   const base: StatusResult = {
     version: 't', model: null, modelState: 'ready', kvSpec: 'balanced', busy: false,
     workspace: { root: null, state: 'ready', files: 12, tokens: 15000, leftOut: [], budgetTokens: 32768, lastPrefilledTokens: 0, fromDisk: true },
-    kv: { tokens: 15000, residentTokens: 12000, bytes: 236e6, f16Bytes: 1.9e9, spec: 'k4v2', perLayer: [1e6, 2e6], tiers: { q8: 100, q4: 11900, evicted: 3000 } },
+    kv: { tokens: 15000, residentTokens: 12000, bytes: 236 * 2 ** 20, f16Bytes: 1.9 * 2 ** 30, spec: 'k4v2', perLayer: [1e6, 2e6], tiers: { q8: 100, q4: 11900, evicted: 3000 } },
   };
   const saving = api.renderStatus({ kind: 'running', status: base });
   assert.strictEqual(saving.text, '$(database) KV 1.9 GB \u2192 236 MB (\u221288%)');
