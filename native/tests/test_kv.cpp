@@ -854,7 +854,11 @@ void test_live_policy(ThreadPool* pool) {
           if (l == 0 && h == 0) shares += strprintf(" %.2f", kept / 200.0);
         }
       }
-    report(worst < 0.15, "fractional budget: each stretch of old tokens keeps about that share", strprintf("head 0:%s", shares.c_str()));
+    // The agnostic score of random keys varies along the context, so a stretch keeps 0.5 +- ~0.06
+    // (worst of 16 stretches up to 0.16 in 1 run of ~15: the old bound of 0.15 failed that often);
+    // the bug kept 0.14 of the first stretches (|0.14 - 0.5| = 0.36), far outside 0.25.
+    report(worst < 0.25, "fractional budget: each stretch of old tokens keeps about that share",
+           strprintf("worst |share - 0.5| %.2f (bound 0.25); head 0:%s", worst, shares.c_str()));
   }
   // Question-agnostic scores are taken again when the key count reaches 64, 128, ...: then every
   // held position's score is 1 - cosine between its (dequantized) key and the mean of all keys.
