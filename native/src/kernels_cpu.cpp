@@ -59,8 +59,9 @@ uint8_t* scratch(size_t bytes) {
   return buf.data()->b;
 }
 
-// The Q8_0/Q4_0 prefill kernel's repacked weight panel, one per thread that runs a task (the
-// calling thread runs tasks too, so this cannot be scratch()'s buffer, which holds activations).
+// The integer prefill kernels' repacked weight panel (Q8_0/Q4_0 and Q4_K/Q6_K), one per thread
+// that runs a task (the calling thread runs tasks too, so this cannot be scratch()'s buffer, which
+// holds the activations).
 uint8_t* panel_scratch() {
   static thread_local std::vector<Line> buf((cpu::kQ8PanelBytes + 63) / 64);
   return buf.data()->b;

@@ -19,7 +19,6 @@ struct Isa {
   static constexpr int kFloatR = 4, kFloatT = 2;
   static constexpr int kPanelT = 5;
   static constexpr int kQ8RowTokens = 3;
-  static constexpr int kQKT = 4;
   static constexpr int kQKPanelT = 5;
   // 8 lanes, each the sum of 4 products u8*s8. maddubs saturates at int16, which the callers
   // rule out (|u| <= 128 with |s| <= 127, or u <= 63).

@@ -19,7 +19,6 @@ struct Isa {
   static constexpr int kFloatR = 4, kFloatT = 4;  // 16 accumulators of 32 registers
   static constexpr int kPanelT = 6;
   static constexpr int kQ8RowTokens = 3;
-  static constexpr int kQKT = 4;
   static constexpr int kQKPanelT = 6;
   static inline __m256i dot_u8s8(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
