@@ -211,44 +211,75 @@ parentPort.on('message', (m) => {
 parentPort.postMessage('ready');
 `;
 
+/** Worker threads that each hold two buffers well past any cache and stream through them on request. */
+export class BandwidthMeter {
+  readonly bytes = 256 << 20; // per thread
+  private constructor(private readonly workers: Worker[]) {}
+
+  static async open(threads: number): Promise<BandwidthMeter> {
+    const m = new BandwidthMeter([]);
+    for (let i = 0; i < threads; i++) m.workers.push(new Worker(BW_WORKER, { eval: true, workerData: { bytes: m.bytes } }));
+    try {
+      await Promise.all(m.workers.map((w) => new Promise((res, rej) => { w.once('message', res); w.once('error', rej); })));
+    } catch (e) {
+      await m.close();
+      throw e;
+    }
+    return m;
+  }
+
+  get threads(): number {
+    return this.workers.length;
+  }
+
+  /** GB/s over `k` threads (wall time) and the sum of the threads' GB/s per second of their own CPU time. */
+  async run(op: 'read' | 'copy', iters: number, k = this.workers.length): Promise<{ wall: number; onCpu: number }> {
+    const ws = this.workers.slice(0, k);
+    const rs = await Promise.all(ws.map((w) => new Promise<{ t0: number; t1: number; cpuMs: number }>((res, rej) => {
+      const done = (m: { t0: number; t1: number; cpuMs: number }) => { w.off('error', fail); res(m); };
+      const fail = (e: Error) => { w.off('message', done); rej(e); };
+      w.once('message', done);
+      w.once('error', fail);
+      w.postMessage({ op, iters });
+    })));
+    const dt = Math.max(...rs.map((r) => r.t1)) - Math.min(...rs.map((r) => r.t0));
+    const total = k * iters * this.bytes; // memcmp reads `bytes`; memcpy reads bytes/2 and writes bytes/2
+    return { wall: total / (dt / 1000) / 1e9, onCpu: rs.reduce((s, r) => s + (iters * this.bytes) / (r.cpuMs / 1000) / 1e9, 0) };
+  }
+
+  /** A short read probe (best of two passes over every thread's buffers): the bandwidth right now. */
+  async probeRead(): Promise<number> {
+    return Math.max((await this.run('read', 2)).wall, (await this.run('read', 2)).wall);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
 /** Read and copy bandwidth of this machine with native loops (memcmp, memcpy), best of a few trials. */
 export async function measureBandwidth(threads: number, quick: boolean): Promise<Bandwidth> {
-  const bytes = 256 << 20; // per thread, well past any cache
-  const workers = Array.from({ length: threads }, () => new Worker(BW_WORKER, { eval: true, workerData: { bytes } }));
+  const meter = await BandwidthMeter.open(threads);
   try {
-    await Promise.all(workers.map((w) => new Promise((res, rej) => { w.once('message', res); w.once('error', rej); })));
-    const run = async (op: 'read' | 'copy', iters: number, k: number) => {
-      const ws = workers.slice(0, k);
-      const rs = await Promise.all(ws.map((w) => new Promise<{ t0: number; t1: number; cpuMs: number }>((res, rej) => {
-        const done = (m: { t0: number; t1: number; cpuMs: number }) => { w.off('error', fail); res(m); };
-        const fail = (e: Error) => { w.off('message', done); rej(e); };
-        w.once('message', done);
-        w.once('error', fail);
-        w.postMessage({ op, iters });
-      })));
-      const dt = Math.max(...rs.map((r) => r.t1)) - Math.min(...rs.map((r) => r.t0));
-      const total = k * iters * bytes; // memcmp reads `bytes`; memcpy reads bytes/2 and writes bytes/2
-      return { wall: total / (dt / 1000) / 1e9, onCpu: rs.reduce((s, r) => s + (iters * bytes) / (r.cpuMs / 1000) / 1e9, 0) };
-    };
     const trials = quick ? 1 : 4;
     let read = 0, read1 = 0, copy = 0, onCpu = 0;
     const m0 = machineTicks();
     const t0 = performance.now();
     const u0 = process.cpuUsage();
     for (let i = 0; i < trials; i++) {
-      const r = await run('read', 6, threads);
+      const r = await meter.run('read', 6);
       read = Math.max(read, r.wall);
       onCpu = Math.max(onCpu, r.onCpu);
-      read1 = Math.max(read1, (await run('read', 6, 1)).wall);
-      copy = Math.max(copy, (await run('copy', 6, threads)).wall);
+      read1 = Math.max(read1, (await meter.run('read', 6, 1)).wall);
+      copy = Math.max(copy, (await meter.run('copy', 6)).wall);
     }
     const u = process.cpuUsage(u0);
     const m1 = machineTicks();
     const wall = performance.now() - t0;
     const others = Math.max(0, (m1.busy - m0.busy) * 10 - (u.user + u.system) / 1000);
-    return { readGBps: read, readGBps1: read1, copyGBps: copy, readGBpsOnCpu: onCpu, threads, bufferMiB: bytes >> 20, othersShare: others / (wall * m0.ncpu) };
+    return { readGBps: read, readGBps1: read1, copyGBps: copy, readGBpsOnCpu: onCpu, threads, bufferMiB: meter.bytes >> 20, othersShare: others / (wall * m0.ncpu) };
   } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
+    await meter.close();
   }
 }
 
@@ -309,6 +340,8 @@ export interface Sample {
   /** Attempts made (1 + repeats of disturbed runs) and each attempt's others' share. */
   attempts: number;
   shares: number[];
+  /** Decode: the machine's read bandwidth probed just before and just after this phase (mean), GB/s. */
+  readGBpsAround?: number;
 }
 
 export interface Stat {
@@ -326,8 +359,13 @@ export interface DecodeStat extends Stat {
   bytesPerToken: number;
   /** (weights + KV read per token) × median tokens/s. */
   achievedGBps: number;
-  /** achievedGBps / the machine's read bandwidth measured by this run. */
+  /** achievedGBps / the machine's read bandwidth measured by this run (the higher of before and after). */
   readFraction: number | null;
+  /**
+   * Median over the runs of each run's achieved bandwidth / the read bandwidth probed right around
+   * it: on a shared host the bandwidth others leave drifts by a quarter within a run.
+   */
+  adjacentReadFraction: number | null;
 }
 
 export interface RowResult {
@@ -387,11 +425,15 @@ export interface BenchReport {
   files?: { json: string; markdown: string; svg: string };
 }
 
+function median(xs: number[]): number {
+  const v = [...xs].sort((x, y) => x - y);
+  const mid = v.length >> 1;
+  return v.length === 0 ? NaN : v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
 function stat(samples: Sample[], maxDisturb: number): Stat {
   const v = samples.map((s) => s.value).sort((x, y) => x - y);
-  const mid = v.length >> 1;
-  const median = v.length === 0 ? NaN : v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
-  return { median, min: v[0], max: v[v.length - 1], n: v.length, disturbed: samples.some((s) => s.othersShare > maxDisturb), samples };
+  return { median: median(v), min: v[0], max: v[v.length - 1], n: v.length, disturbed: samples.some((s) => s.othersShare > maxDisturb), samples };
 }
 
 /**
@@ -524,6 +566,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     return best;
   };
   const bandwidth = o.bandwidth ? await bandwidthQuiet('before') : null;
+  // probes the read bandwidth around every decode phase; closed with the rows' workers
+  const meter = o.bandwidth ? await BandwidthMeter.open(o.threads) : null;
 
   /** A row whose worker failed mid-run keeps what it measured and leaves the run. */
   const fail = (row: Row, e: unknown) => {
@@ -665,19 +709,23 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const decodeCost = (rows: Row[], at: number, reps: number) => rows.reduce((s, r) => s + estDecodeMs(r, at, reps * (decodeTokens + 2)), 0);
 
   const decodeMeasure = async (rows: Row[], at: number) => {
+    let probe = meter ? await meter.probeRead() : 0;
     for (let rep = 0; rep < o.reps && rows.length > 0; rep++) {
       if (rep > 0 && decodeCost(rows, at, 1) > budgetLeft()) {
         note(`${rows[0].model.label}: decode @${at} runs ${rep + 1}-${o.reps} skipped (budget)`);
         break;
       }
       for (const row of [...rows]) {
+        const before = probe;
         const m = await measure<DecodeResult>(
           row, { op: 'decode', at, n: decodeTokens },
           (r) => { const iv = r.intervalsMs.slice(DECODE_WARM); return iv.length ? (iv.length / iv.reduce((s, x) => s + x, 0)) * 1000 : 0; },
           `decode @${at}`,
         );
+        if (meter) probe = await meter.probeRead();
         if (!m) continue;
         const { sample, result } = m;
+        if (meter) sample.readGBpsAround = round((before + probe) / 2, 2);
         (row.samples.decode[at] ??= []).push(sample);
         row.samples.kvAt[at] = result.kvBytes;
         row.decodeObs.push({ at, ms: 1000 / sample.value });
@@ -857,7 +905,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
       for (const row of [...rows]) await recordStats(row, 'peak');
     }
   } finally {
-    await Promise.all(allRows.map((r) => r.worker.close()));
+    await Promise.all([...allRows.map((r) => r.worker.close()), meter?.close()]);
   }
 
   const bandwidthAfter = o.bandwidth && !o.quick ? await bandwidthQuiet('after') : null;
@@ -872,7 +920,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
       const kvBytes = row.samples.kvAt[at] ?? 0;
       const bytesPerToken = row.model.weightBytesPerToken + kvBytes;
       const gbps = (bytesPerToken * st.median) / 1e9;
-      r.decode[at] = { ...st, kvBytes, bytesPerToken, achievedGBps: gbps, readFraction: readBw ? gbps / readBw : null };
+      const around = s.filter((x) => x.readGBpsAround).map((x) => (bytesPerToken * x.value) / 1e9 / x.readGBpsAround!);
+      r.decode[at] = { ...st, kvBytes, bytesPerToken, achievedGBps: gbps, readFraction: readBw ? gbps / readBw : null, adjacentReadFraction: around.length ? median(around) : null };
     }
   }
   // rows that failed before measuring anything are only in `skipped`
@@ -981,7 +1030,8 @@ export function renderMarkdown(rep: BenchReport, svgName?: string): string {
     L.push(`Memory bandwidth measured by the bench (${bw.threads} threads, memcmp/memcpy over ${bw.bufferMiB} MiB per thread): read ${bw.readGBps.toFixed(1)} GB/s ` +
       `(1 thread ${bw.readGBps1.toFixed(1)}), memcpy ${bw.copyGBps.toFixed(1)} GB/s read+write${pct(bw)}` +
       `${bwa ? `; after the run: read ${bwa.readGBps.toFixed(1)}, memcpy ${bwa.copyGBps.toFixed(1)}${pct(bwa)}` : ''}. ` +
-      `Decode bandwidth = (weight bytes + KV bytes read per token) × tokens/s, as a share of the higher read figure.`);
+      `Decode bandwidth = (weight bytes + KV bytes read per token) × tokens/s, as a share of the higher read figure (run) and, ` +
+      `median over the runs, of the read bandwidth probed just before and after each run (adjacent: what others left at the time).`);
   }
   L.push(`Medians (min–max) of ${rep.options.reps} runs per phase (${rep.options.longReps} for prompts > ${SHORT_LIMIT} tokens), ` +
     `rows alternating; decode = ${rep.options.decodeTokens} tokens after ${DECODE_WARM} warm-up tokens, greedy. ` +
@@ -1001,9 +1051,10 @@ export function renderMarkdown(rep: BenchReport, svgName?: string): string {
     for (const n of prefills) line(`prefill ${ctxLabel(n)} (tok/s)`, (r) => cell(r.prefill[n]), (q) => ratioCell(q.prefill[n]));
     for (const c of ctxs) line(`decode @${ctxLabel(c)} (tok/s)`, (r) => cell(r.decode[c]), (q) => ratioCell(q.decode[c]));
     for (const c of ctxs) {
-      line(`bandwidth @${ctxLabel(c)} (GB/s, % of read)`, (r) => {
+      line(`bandwidth @${ctxLabel(c)} (GB/s, % of read: run · adjacent)`, (r) => {
         const d = r.decode[c];
-        return d ? `${d.achievedGBps.toFixed(1)}${d.readFraction !== null ? ` (${(d.readFraction * 100).toFixed(0)}%)` : ''}` : '–';
+        const pct = (x: number | null | undefined) => (x !== null && x !== undefined ? `${(x * 100).toFixed(0)}%` : '–');
+        return d ? `${d.achievedGBps.toFixed(1)}${d.readFraction !== null ? ` (${pct(d.readFraction)} · ${pct(d.adjacentReadFraction)})` : ''}` : '–';
       }, () => '');
     }
     const top = ctxs[ctxs.length - 1];

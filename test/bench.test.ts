@@ -34,10 +34,17 @@ test('llamakv bench --quick on the tiny model: both engines, ratios, JSON/markdo
   // both engines hold the same f16 cache for the same tokens
   assert.ok(Math.abs(q.kvBytes['128']! - 1) < 0.05, `KV bytes ratio ${q.kvBytes['128']}`);
   assert.ok(rep.bandwidth && rep.bandwidth.readGBps > 0);
+  // every decode run has the bandwidth probed around it, and a share against it
+  for (const row of rep.rows) {
+    const d = row.decode['128'];
+    assert.ok(d.samples.every((s) => s.readGBpsAround! > 0), `${row.engine}: bandwidth probed around each decode run`);
+    assert.ok(d.adjacentReadFraction! > 0 && Number.isFinite(d.adjacentReadFraction!), `${row.engine}: adjacent share ${d.adjacentReadFraction}`);
+  }
 
   const md = fs.readFileSync(path.join(out, 'bench.md'), 'utf8');
   assert.match(md, /\| prefill 512 \(tok\/s\) \|/);
   assert.match(md, /ratio/);
+  assert.match(md, /\| bandwidth @128 \(GB\/s, % of read: run · adjacent\) \| [\d.]+ \(\d+% · \d+%\)/);
   const svg = fs.readFileSync(path.join(out, 'decode.svg'), 'utf8');
   assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
   assert.match(svg, /llama\.cpp · /);
