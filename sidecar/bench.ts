@@ -1180,10 +1180,6 @@ export function writeReport(rep: BenchReport, dir: string): BenchReport['files']
 registerCommand('bench', {
   usage: USAGE,
   async run(argv) {
-    if (argv.includes('--help') || argv.includes('-h')) {
-      process.stdout.write(`usage: llamakv ${USAGE}\n`);
-      return 0;
-    }
     const o = parseBenchArgs(argv);
     const rep = await runBench(o);
     const files = writeReport(rep, o.out)!;

@@ -160,7 +160,7 @@ const commands: Record<string, Command> = {
     usage: 'model synth --out FILE [--preset tiny|1b|needle] [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k|q4_k_m] [--seed N] [--json]',
     async run(argv) {
       const [sub, ...rest] = argv;
-      if (sub !== 'synth') throw new UsageError('usage: llamakv model synth --out FILE [--preset tiny|1b] [--type T] [--seed N]');
+      if (sub !== 'synth') throw new UsageError(sub ? `unknown subcommand "${sub}" (there is one: synth)` : 'missing the subcommand (synth)');
       const a = parseArgs(rest, ['json']);
       checkFlags(a, ['json', 'out', 'preset', 'type', 'seed']);
       const out = flagStr(a, 'out');
@@ -208,6 +208,12 @@ export async function main(argv: string[]): Promise<number> {
   if (!cmd) {
     process.stderr.write(`llamakv: unknown command "${name}"\n${usage()}\n`);
     return 1;
+  }
+  // `llamakv CMD --help` (or -h) anywhere before a `--`: that command's usage, whatever else is given
+  const end = rest.indexOf('--');
+  if ((end < 0 ? rest : rest.slice(0, end)).some((x) => x === '--help' || x === '-h')) {
+    process.stdout.write(`usage: llamakv ${cmd.usage}\n`);
+    return 0;
   }
   try {
     return await cmd.run(rest);

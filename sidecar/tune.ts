@@ -533,10 +533,6 @@ export function parseTuneArgs(argv: string[]): TuneOptions & { json: boolean } {
 registerCommand('tune', {
   usage: USAGE,
   async run(argv) {
-    if (argv.includes('--help') || argv.includes('-h')) {
-      process.stdout.write(`usage: llamakv ${USAGE}\n`);
-      return 0;
-    }
     const o = parseTuneArgs(argv);
     const rep = await runTune(o, o.json ? () => {} : (s) => process.stderr.write(s + '\n'));
     const files = writeTune(rep, o.out);
