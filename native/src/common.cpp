@@ -4,6 +4,10 @@
 #include <cstdarg>
 #include <cstdio>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace lkv {
 
 std::string strprintf(const char* fmt, ...) {
@@ -17,6 +21,12 @@ std::string strprintf(const char* fmt, ...) {
   if (n > 0) std::vsnprintf(&out[0], (size_t)n + 1, fmt, ap2);
   va_end(ap2);
   return out;
+}
+
+void release_free_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 
 }  // namespace lkv

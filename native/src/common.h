@@ -16,6 +16,12 @@ struct Error : std::runtime_error {
 
 std::string strprintf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// Hands the heap's free pages back to the system (glibc: malloc_trim; elsewhere nothing). Called
+// where a whole KV cache has just been freed: its arrays come from the heap once glibc's dynamic
+// mmap threshold has risen, and freed heap memory otherwise stays resident (replacing a 32k f16
+// cache by loading a state held both, 2 GiB, until the process ended).
+void release_free_memory();
+
 #define LKV_CHECK(cond, ...)                                   \
   do {                                                         \
     if (!(cond)) throw ::lkv::Error(::lkv::strprintf(__VA_ARGS__)); \

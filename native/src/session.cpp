@@ -44,7 +44,10 @@ Session::Session(std::shared_ptr<const Model> model, std::shared_ptr<Engine> eng
   state_ = make_session_state(*model_, n_ctx, kv_spec);
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  state_.reset();
+  release_free_memory();
+}
 
 const std::vector<float>* Session::logits() const {
   if (!state_->has_logits) return nullptr;
@@ -344,8 +347,11 @@ std::string Session::load(const std::string& path) {
   LKV_CHECK(fresh->kv->n_tokens() == (int)nt, "state file %s: cache holds %d tokens, token list %llu", path.c_str(),
             fresh->kv->n_tokens(), (unsigned long long)nt);
   fresh->tokens = std::move(toks);
-  std::lock_guard<std::mutex> lock(engine_->compute);
-  state_ = std::move(fresh);
+  {
+    std::lock_guard<std::mutex> lock(engine_->compute);
+    state_ = std::move(fresh);  // frees the old cache
+  }
+  release_free_memory();
   return meta;
 }
 

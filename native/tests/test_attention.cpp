@@ -1,10 +1,12 @@
 // test_attention.cpp — the dense KV caches' fused attention (f32, f16; AVX2 and generic tiles)
 // against attention_reference on random inputs, across head sizes, GQA groups, query blocks that
-// cross key tiles, rewinds and state round-trips. Budget 5e-5 (max abs error relative to the
+// cross key tiles, rewinds and state round-trips, and that a freed cache's memory goes back to
+// the system. Budget 5e-5 (max abs error relative to the
 // output RMS; the reference sees the keys/values as the cache rounds them, so what remains is
 // float accumulation and the 4e-6 exp approximation); guard values around outputs; NaN checks.
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <random>
 #include <sstream>
 #include <vector>
@@ -100,6 +102,46 @@ static void rewind_case(const char* spec) {
   check(same && a->stats().tokens == 180, std::string(spec) + " rewind + save/load equals a fresh cache", "");
 }
 
+// Resident anonymous memory of this process, MiB (Linux; -1 elsewhere).
+static double rss_anon_mib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::atof(line.c_str() + 8) / 1024.0;
+  return -1;
+}
+
+// A cache replaced by another (what loading a state does) must not stay resident: the second
+// generation of arrays comes from the heap (glibc raised its mmap threshold when the first was
+// unmapped), and freed heap memory stays resident until release_free_memory().
+static void release_case() {
+  if (rss_anon_mib() < 0) return;
+  KvShape s{1, 8, 8, 64, 32768};  // 16 arrays of 4 MiB: 64 MiB when full
+  std::vector<float> k((size_t)4096 * 8 * 64, 0.5f), v = k;
+  auto fill = [&](KvCache& c) {
+    for (int pos = 0; pos < s.n_ctx; pos += 4096) {
+      c.store(0, pos, 4096, k.data(), v.data());
+      c.commit(pos + 4096);
+    }
+  };
+  const double base = rss_anon_mib();
+  auto cur = make_kv_cache(s, "f16");
+  fill(*cur);
+  const double one = rss_anon_mib() - base;
+  double kept = 0;  // resident beyond one cache after a replacement, before releasing
+  for (int gen = 0; gen < 3; gen++) {  // as Session::load: the new cache is filled, then the old one freed
+    auto next = make_kv_cache(s, "f16");
+    fill(*next);
+    cur = std::move(next);
+    kept = std::max(kept, rss_anon_mib() - base - one);
+  }
+  release_free_memory();
+  const double released = rss_anon_mib() - base - one;
+  check(one > 48 && released < 16, "f16 cache replaced three times: the freed caches go back to the system",
+        strprintf("RssAnon: one cache +%.0f MiB; freed ones still resident +%.0f before release_free_memory, +%.0f after", one,
+                  kept, released));
+}
+
 int main() {
   for (const char* spec : {"f32", "f16"}) {
     run_case(spec, 64, 4, 2, 130, 32, 5, 1);     // tiles crossed by query blocks
@@ -110,6 +152,7 @@ int main() {
     run_case(spec, 64, 32, 8, 300, 128, 4, 6);   // Llama-3.2-1B attention shape
     rewind_case(spec);
   }
+  release_case();
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }
