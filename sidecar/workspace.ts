@@ -1,6 +1,7 @@
 // workspace.ts — turns workspace folders into the files that go into the prompt: walks the tree
 // honouring .gitignore, files.exclude and llamakv's include/exclude globs, skips binary, huge and
-// generated files by the rules stated below, lets unsaved editor text win over disk, orders the
+// generated files by the rules stated below, lets unsaved editor text win over disk (and stand in
+// for a file deleted on disk while its document has unsaved changes), orders the
 // files stable-first and fits them into a token budget, reporting everything it left out.
 //
 // The rules, in the order they are applied:
@@ -420,6 +421,44 @@ export class WorkspaceCollector {
         }
       };
       walk(root, '', rootLayers);
+
+      // Documents with unsaved changes whose file is gone from disk (deleted or moved outside the
+      // editor): the editor text is the user's work, so it stands in for the file, under the same
+      // rules as if it were there. An unchanged document of a deleted file is left out with it.
+      for (const [abs, doc] of openDocs) {
+        if (capped) break;
+        if (!doc.dirty || seenReads.has(abs)) continue;
+        const rel = path.relative(root, abs).split(path.sep).join('/');
+        if (!rel || rel === '..' || rel.startsWith('../') || path.isAbsolute(rel) || fs.existsSync(abs)) continue;
+        const parts = rel.split('/');
+        const layers = [...rootLayers];
+        let verdict: LeftOutFile['reason'] | 'skip' | null = null;
+        for (let i = 0; i < parts.length && !verdict; i++) {
+          const dirRel = parts.slice(0, i).join('/');
+          const gi = loadIgnoreFile(path.join(root, ...parts.slice(0, i), '.gitignore'));
+          if (gi) layers.push({ base: dirRel, ig: gi });
+          const sub = parts.slice(0, i + 1).join('/');
+          if (i < parts.length - 1) {  // a directory on the way
+            if (VCS_DIRS.has(parts[i])) verdict = 'skip';
+            else if (isIgnored(sub, true, layers) || filesExclude.matches(sub) || exclude.matches(sub)) verdict = 'ignored';
+            else if (DEFAULT_GENERATED_DIRS.has(parts[i])) verdict = 'generated';
+          } else if (isIgnored(sub, false, layers) || filesExclude.matches(sub) || exclude.matches(sub) || (!include.empty && !include.matchesExactly(sub))) {
+            verdict = 'ignored';
+          }
+        }
+        if (verdict === 'skip') continue;
+        if (verdict) {
+          leftOut.push({ path: prefix + rel, reason: verdict });
+          continue;
+        }
+        if (++walked > maxFiles) {
+          capped = true;
+          leftOut.push({ path: prefix + rel, reason: 'budget' });
+          break;
+        }
+        const f = documentFile(abs, prefix + rel, parts[parts.length - 1], maxFileBytes, doc, 0, leftOut);
+        if (f) files.push(f);
+      }
     }
     // forget files that disappeared
     for (const k of [...this.reads.keys()]) if (!seenReads.has(k)) this.reads.delete(k);
@@ -434,20 +473,7 @@ export class WorkspaceCollector {
       leftOut.push({ path: shown, reason: 'unreadable' });
       return null;
     }
-    if (doc) {
-      // Unsaved editor contents win over disk.
-      const bytes = Buffer.byteLength(doc.text);
-      if (bytes > maxFileBytes) {
-        leftOut.push({ path: shown, reason: 'too-large', bytes });
-        return null;
-      }
-      const v = classifyContent(name, Buffer.from(doc.text));
-      if (!v.ok) {
-        leftOut.push({ path: shown, reason: v.reason, bytes });
-        return null;
-      }
-      return { abs, rel: shown, text: v.text, bytes, mtimeMs: st.mtimeMs, hash: sha256(v.text), open: true, dirty: doc.dirty, dirtySince: doc.dirtySince ?? 0 };
-    }
+    if (doc) return documentFile(abs, shown, name, maxFileBytes, doc, st.mtimeMs, leftOut); // unsaved editor contents win over disk
     if (st.size > maxFileBytes) {
       leftOut.push({ path: shown, reason: 'too-large', bytes: st.size });
       return null;
@@ -471,6 +497,21 @@ export class WorkspaceCollector {
     }
     return { abs, rel: shown, text: cached.verdict.text, bytes: st.size, mtimeMs: st.mtimeMs, hash: cached.hash, open: false, dirty: false, dirtySince: 0 };
   }
+}
+
+/** A workspace file from an open document's text (the same size and content rules as on disk). */
+function documentFile(abs: string, shown: string, name: string, maxFileBytes: number, doc: OpenDocument, mtimeMs: number, leftOut: LeftOutFile[]): WorkspaceFile | null {
+  const bytes = Buffer.byteLength(doc.text);
+  if (bytes > maxFileBytes) {
+    leftOut.push({ path: shown, reason: 'too-large', bytes });
+    return null;
+  }
+  const v = classifyContent(name, Buffer.from(doc.text));
+  if (!v.ok) {
+    leftOut.push({ path: shown, reason: v.reason, bytes });
+    return null;
+  }
+  return { abs, rel: shown, text: v.text, bytes, mtimeMs, hash: sha256(v.text), open: true, dirty: doc.dirty, dirtySince: doc.dirtySince ?? 0 };
 }
 
 /**

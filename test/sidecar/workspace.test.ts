@@ -1,6 +1,7 @@
 // workspace.test.ts — workspace collection without a model: .gitignore (nested, negated),
 // files.exclude and include/exclude globs, the binary/huge/generated rules, editor text winning
-// over disk, stable-first order and the token-budget rule. Needs: nothing.
+// over disk (or standing in for a deleted file), stable-first order and the token-budget rule.
+// Needs: nothing.
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -174,4 +175,33 @@ test('collection: multi-root paths carry the folder name', () => {
   assert.deepEqual(rootLabels(['/p/q/src', '/r/q/src', '/s/t/src']), ['p/q/src', 'r/q/src', 't/src']);
   assert.deepEqual(rootLabels(['/only']), ['']);
   assert.deepEqual(rootLabels(['/a/src', '/a/src']), ['a/src', 'a/src~2']);
+});
+
+test('collection: a document with unsaved changes whose file is gone from disk stands in for it, under the same rules', () => {
+  const root = path.join(tmpDir(), 'gone');
+  writeFile(root, 'src/kept.ts', 'export const kept = 1;\n');
+  writeFile(root, '.gitignore', 'secret/\n');
+  writeFile(root, 'src/.gitignore', '*.gen.ts\n');
+  const open = new Map([
+    [path.join(root, 'src/deleted.ts'), { text: 'export const unsaved = 2;\n', dirty: true, dirtySince: 3 }],
+    [path.join(root, 'new/dir/draft.ts'), { text: 'export const draft = 3;\n', dirty: true, dirtySince: 4 }],
+    [path.join(root, 'src/clean.ts'), { text: 'export const clean = 4;\n', dirty: false }],
+    [path.join(root, 'secret/key.ts'), { text: 'export const key = 5;\n', dirty: true }],
+    [path.join(root, 'src/x.gen.ts'), { text: 'export const gen = 6;\n', dirty: true }],
+    [path.join(root, 'node_modules/pkg/i.js'), { text: 'module.exports = 7;\n', dirty: true }],
+    [path.join(root, 'src/blob.ts'), { text: 'a\u0000b', dirty: true }],
+    [path.join(path.dirname(root), 'elsewhere.ts'), { text: 'export const out = 8;\n', dirty: true }],
+  ]);
+  const col = new WorkspaceCollector().collect({ roots: [root], openDocuments: open });
+  const rels = col.files.map((f) => f.rel);
+  assert.deepEqual(rels.filter((r) => r.endsWith('.ts')), ['src/kept.ts', 'src/deleted.ts', 'new/dir/draft.ts'], 'dirty ones last, in the order they became dirty');
+  const gone = col.files.find((f) => f.rel === 'src/deleted.ts')!;
+  assert.equal(gone.text, 'export const unsaved = 2;\n');
+  assert.ok(gone.open && gone.dirty);
+  assert.equal(reasonOf(col.leftOut, 'secret/key.ts'), 'ignored', 'a .gitignore of the root');
+  assert.equal(reasonOf(col.leftOut, 'src/x.gen.ts'), 'ignored', 'a nested .gitignore');
+  assert.equal(reasonOf(col.leftOut, 'node_modules/pkg/i.js'), 'generated');
+  assert.equal(reasonOf(col.leftOut, 'src/blob.ts'), 'binary');
+  assert.ok(!rels.includes('src/clean.ts') && !reasonOf(col.leftOut, 'src/clean.ts'), 'an unchanged document of a deleted file goes with it');
+  assert.ok(!col.files.some((f) => f.text.includes('out = 8')), 'outside every root');
 });
