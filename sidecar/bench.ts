@@ -228,10 +228,6 @@ export class BandwidthMeter {
     return m;
   }
 
-  get threads(): number {
-    return this.workers.length;
-  }
-
   /** GB/s over `k` threads (wall time) and the sum of the threads' GB/s per second of their own CPU time. */
   async run(op: 'read' | 'copy', iters: number, k = this.workers.length): Promise<{ wall: number; onCpu: number }> {
     const ws = this.workers.slice(0, k);

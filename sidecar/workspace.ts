@@ -360,6 +360,16 @@ export class WorkspaceCollector {
         return ignored;
       };
 
+      // The rules for a directory on the way (null: enter it) and for a file, shared by the walk
+      // and by documents whose file is gone from disk.
+      const dirVerdict = (rel: string, name: string, layers: IgnoreLayer[]): 'skip' | 'ignored' | 'generated' | null => {
+        if (VCS_DIRS.has(name)) return 'skip';
+        if (isIgnored(rel, true, layers) || filesExclude.matches(rel) || exclude.matches(rel)) return 'ignored';
+        return DEFAULT_GENERATED_DIRS.has(name) ? 'generated' : null;
+      };
+      const fileIgnored = (rel: string, layers: IgnoreLayer[]): boolean =>
+        isIgnored(rel, false, layers) || filesExclude.matches(rel) || exclude.matches(rel) || (!include.empty && !include.matchesExactly(rel));
+
       const walk = (dirAbs: string, dirRel: string, layersIn: IgnoreLayer[]) => {
         if (capped) return;
         const layers = [...layersIn];
@@ -392,13 +402,10 @@ export class WorkspaceCollector {
             }
           }
           if (isDir) {
-            if (VCS_DIRS.has(e.name)) continue;
-            if (isIgnored(rel, true, layers) || filesExclude.matches(rel) || exclude.matches(rel)) {
-              leftOut.push({ path: `${shown}/`, reason: 'ignored' });
-              continue;
-            }
-            if (DEFAULT_GENERATED_DIRS.has(e.name)) {
-              leftOut.push({ path: `${shown}/`, reason: 'generated' });
+            const verdict = dirVerdict(rel, e.name, layers);
+            if (verdict === 'skip') continue;
+            if (verdict) {
+              leftOut.push({ path: `${shown}/`, reason: verdict });
               continue;
             }
             walk(abs, rel, layers);
@@ -406,7 +413,7 @@ export class WorkspaceCollector {
             continue;
           }
           if (!isFile) continue;
-          if (isIgnored(rel, false, layers) || filesExclude.matches(rel) || exclude.matches(rel) || (!include.empty && !include.matchesExactly(rel))) {
+          if (fileIgnored(rel, layers)) {
             leftOut.push({ path: shown, reason: 'ignored' });
             continue;
           }
@@ -438,13 +445,8 @@ export class WorkspaceCollector {
           const gi = loadIgnoreFile(path.join(root, ...parts.slice(0, i), '.gitignore'));
           if (gi) layers.push({ base: dirRel, ig: gi });
           const sub = parts.slice(0, i + 1).join('/');
-          if (i < parts.length - 1) {  // a directory on the way
-            if (VCS_DIRS.has(parts[i])) verdict = 'skip';
-            else if (isIgnored(sub, true, layers) || filesExclude.matches(sub) || exclude.matches(sub)) verdict = 'ignored';
-            else if (DEFAULT_GENERATED_DIRS.has(parts[i])) verdict = 'generated';
-          } else if (isIgnored(sub, false, layers) || filesExclude.matches(sub) || exclude.matches(sub) || (!include.empty && !include.matchesExactly(sub))) {
-            verdict = 'ignored';
-          }
+          if (i < parts.length - 1) verdict = dirVerdict(sub, parts[i], layers);
+          else if (fileIgnored(sub, layers)) verdict = 'ignored';
         }
         if (verdict === 'skip') continue;
         if (verdict) {
