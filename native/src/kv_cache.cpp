@@ -53,7 +53,6 @@ void attention_reference(const KvShape& s, int pos, int n, const float* q, const
 namespace {
 
 constexpr int KTILE = 64;  // keys per tile: keys are stored tile-transposed, [tile][dim][KTILE]
-constexpr int QTILE = 8;   // query tokens per task
 
 template <typename T>
 class DenseKvCache final : public KvCache {
@@ -94,6 +93,7 @@ class DenseKvCache final : public KvCache {
   void attend(int layer, int pos, int n, const float* q, float* out, ThreadPool* pool) override {
     const int hd = s_.head_dim, group = s_.n_head / s_.n_head_kv, nh = s_.n_head;
     LKV_CHECK(pos + n <= len_[layer], "kv cache: attention past stored positions");
+    const int QTILE = kvc::query_tile_tokens(n, s_.n_head_kv, pool ? pool->size() : 1);
     const int q_tiles = (n + QTILE - 1) / QTILE;
     const int n_tasks = s_.n_head_kv * q_tiles;
     const float scale = 1.0f / std::sqrt((float)hd);

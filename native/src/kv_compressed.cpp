@@ -683,7 +683,7 @@ class CompressedKvCache final : public KvCache {
   // softmax max and denominator of each (query, head) are kept for gather_importance.
   void attend_tiled(int layer, int pos, int n, const float* q, float* out, ThreadPool* pool, bool gather) {
     const int hd = s_.head_dim, group = s_.n_head / s_.n_head_kv, nh = s_.n_head;
-    constexpr int QT = 8;
+    const int QT = query_tile_tokens(n, s_.n_head_kv, pool ? pool->size() : 1);
     const int q_tiles = (n + QT - 1) / QT;
     const int n_tasks = s_.n_head_kv * q_tiles;
     const float scale = 1.0f / std::sqrt((float)hd);

@@ -19,6 +19,15 @@ namespace kvc {
 
 constexpr int kRows = 4;  // query rows per kernel call
 
+// Query tokens per attention task (one KV head, that many tokens x its group of query heads): a
+// task decodes every block (or converts every f16 tile) it reads once for all its rows, so prefill
+// wants many rows per task; but at least 4 tasks per thread, so every thread stays busy.
+inline int query_tile_tokens(int n, int n_head_kv, int threads) {
+  int qt = 32;
+  while (qt > 8 && (int64_t)n_head_kv * ((n + qt - 1) / qt) < 4 * (int64_t)threads) qt /= 2;
+  return qt;
+}
+
 struct TileOps {
   const char* name;
   // key codes as floats (bits < 16: scale and zero are folded into the query instead; outliers
