@@ -12,12 +12,13 @@ import { createHash } from 'crypto';
 import { checkFlags, flagBool, flagNum, flagStr, parseArgs, ParsedArgs, UsageError } from './args';
 import { registerCommand } from './cli';
 import { readGgufHeader, summarizeGguf } from './gguf-header';
+import { synthModel, WEIGHT_TYPES, WeightTypeName } from './synth';
 import { requantizeLlamaState } from './llama-state';
 import type { DecodeResult, PhaseCpu, PrefillResult, RowConfig, WorkerOp, WorkerStats } from './bench-worker';
 import { machineTicks } from './bench-worker';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
-const MODEL_TYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q6_k', 'q4_k_m'];
+const MODEL_TYPES: readonly string[] = WEIGHT_TYPES;
 /** Phases at or below this many tokens run in the short context; longer ones in the chain. */
 const SHORT_LIMIT = 1024;
 /** Chain targets above this go to the last stage, only for --long-models. */
@@ -168,9 +169,8 @@ export async function benchModelFile(preset: 'tiny' | '1b', type: string, log: (
   if (fs.existsSync(file)) return file;
   fs.mkdirSync(dir, { recursive: true });
   log(`generating ${file} (once; cached)`);
-  const { synthModel } = await import('./synth');
   const tmp = `${file}.${process.pid}.tmp`;
-  await synthModel({ preset, type: type as never, seed: 1, out: tmp });
+  await synthModel({ preset, type: type as WeightTypeName, seed: 1, out: tmp });
   fs.renameSync(tmp, file);
   return file;
 }

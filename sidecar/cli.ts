@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import { BackendName, Model } from './engine';
 import { checkFlags, flagBool, flagNum, flagStr, parseArgs, ParsedArgs, UsageError } from './args';
-import { synthModel, WeightTypeName } from './synth';
+import { synthModel, WEIGHT_TYPES, WeightTypeName } from './synth';
 
 interface Command {
   usage: string;
@@ -157,7 +157,7 @@ const commands: Record<string, Command> = {
   },
 
   model: {
-    usage: 'model synth --out FILE [--preset tiny|1b|needle] [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k|q4_k_m] [--seed N] [--json]',
+    usage: `model synth --out FILE [--preset tiny|1b|needle] [--type ${WEIGHT_TYPES.join('|')}] [--seed N] [--json]`,
     async run(argv) {
       const [sub, ...rest] = argv;
       if (sub !== 'synth') throw new UsageError(sub ? `unknown subcommand "${sub}" (there is one: synth)` : 'missing the subcommand (synth)');
@@ -176,7 +176,7 @@ const commands: Record<string, Command> = {
       }
       if (preset !== 'tiny' && preset !== '1b') throw new UsageError(`unknown preset "${preset}" (tiny, 1b, needle)`);
       const type = flagStr(a, 'type', preset === '1b' ? 'q8_0' : 'f32') as WeightTypeName;
-      if (!['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q6_k', 'q4_k_m'].includes(type)) throw new UsageError(`unknown type "${type}"`);
+      if (!WEIGHT_TYPES.includes(type)) throw new UsageError(`unknown type "${type}" (${WEIGHT_TYPES.join(', ')})`);
       const r = await synthModel({ out, preset, type, seed: flagNum(a, 'seed', 1) });
       print(flagBool(a, 'json'), { path: out, params: r.params, bytes: fs.statSync(out).size }, () => `wrote ${out} (${fmt(r.params)} parameters, ${mib(fs.statSync(out).size)})`);
       return 0;

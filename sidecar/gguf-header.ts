@@ -32,6 +32,8 @@ export interface GgufHeader {
 /** What discovery and status report about a model file. */
 export interface GgufSummary extends ModelShape {
   weightType: string;
+  /** Every tensor type in the file, most elements first. */
+  weightTypes: string[];
   /** tokenizer.ggml.model ("gpt2" for Llama 3's byte-level BPE, "llama" for SentencePiece). */
   tokenizerModel: string;
   tokenizerPre: string;
@@ -227,15 +229,14 @@ function str(meta: Map<string, GgufMetaValue>, key: string, dflt = ''): string {
 
 /** The predominant weight type: the type holding most elements among 2-D tensors. */
 export function predominantType(tensors: GgufTensorInfo[]): string {
+  return tensorTypes(tensors.filter((t) => t.dims.length >= 2))[0] ?? 'unknown';
+}
+
+/** The distinct tensor types, most elements first. */
+export function tensorTypes(tensors: GgufTensorInfo[]): string[] {
   const byType = new Map<number, number>();
-  for (const t of tensors) {
-    if (t.dims.length < 2) continue;
-    byType.set(t.type, (byType.get(t.type) ?? 0) + t.elements);
-  }
-  let best = -1;
-  let bestN = -1;
-  for (const [type, n] of byType) if (n > bestN) [best, bestN] = [type, n];
-  return best < 0 ? 'unknown' : ggmlTypeName(best);
+  for (const t of tensors) byType.set(t.type, (byType.get(t.type) ?? 0) + t.elements);
+  return [...byType].sort((a, b) => b[1] - a[1]).map(([type]) => ggmlTypeName(type));
 }
 
 export function summarizeGguf(file: string, h: GgufHeader): GgufSummary {
@@ -258,6 +259,7 @@ export function summarizeGguf(file: string, h: GgufHeader): GgufSummary {
     contextLength: num(m, `${arch}.context_length`),
     fileBytes: h.fileBytes,
     weightType: predominantType(h.tensors),
+    weightTypes: tensorTypes(h.tensors),
     tokenizerModel: str(m, 'tokenizer.ggml.model'),
     tokenizerPre: str(m, 'tokenizer.ggml.pre'),
   };
@@ -268,9 +270,12 @@ export function inspectGguf(file: string): GgufSummary {
   return summarizeGguf(file, readGgufHeader(file));
 }
 
+/** The tensor types the engine reads (native/src/model.cpp's matrix_type_ok, plus f32 for norms). */
+export const ENGINE_TENSOR_TYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k'];
+
 /**
  * Why llamakv cannot run this model, or null when it can: the engine runs architecture `llama`
- * with Llama 3's byte-level BPE tokenizer only.
+ * with Llama 3's byte-level BPE tokenizer only, with weights in the types it reads.
  */
 export function unsupportedReason(s: GgufSummary): string | null {
   if (s.architecture !== 'llama') {
@@ -278,6 +283,11 @@ export function unsupportedReason(s: GgufSummary): string | null {
   }
   if (s.tokenizerModel && s.tokenizerModel !== 'gpt2') {
     return `tokenizer "${s.tokenizerModel}" is not supported: llamakv needs Llama 3's byte-level BPE tokenizer (Llama 1/2 and Mistral use SentencePiece)`;
+  }
+  const other = s.weightTypes.filter((t) => !ENGINE_TENSOR_TYPES.includes(t));
+  if (other.length) {
+    return `weight type${other.length > 1 ? 's' : ''} ${other.join(', ')} ${other.length > 1 ? 'are' : 'is'} not supported: llamakv reads ` +
+      'F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights (files quantized as Q8_0, Q6_K, Q5_K_M/S or Q4_K_M/S, not Q2_K, Q3_K or the IQ formats)';
   }
   return null;
 }

@@ -5,7 +5,9 @@
 import { nativeAddon } from './native';
 import { GGML_BLOCK, GgmlTypeName, GgufMeta, meta, TensorSpec, writeGguf } from './gguf/writer';
 
-export type WeightTypeName = GgmlTypeName | 'q4_k_m';
+export type WeightTypeName = GgmlTypeName | 'q4_k_m' | 'q5_k_m';
+/** Every weight type `model synth` and the benchmark can generate. */
+export const WEIGHT_TYPES: readonly WeightTypeName[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m'];
 
 export interface SynthOptions {
   out?: string;
@@ -127,12 +129,16 @@ function resolveShape(o: SynthOptions): Shape {
   return s;
 }
 
-/** Weight type of each tensor; 'q4_k_m' mixes Q4_K with Q6_K as llama.cpp's Q4_K_M does. */
+/**
+ * Weight type of each tensor; 'q4_k_m' and 'q5_k_m' mix Q4_K / Q5_K with Q6_K as llama.cpp's
+ * Q4_K_M and Q5_K_M do (Q6_K for the output, and for ffn_down and attn_v in the first eighth of
+ * the layers and every other one after).
+ */
 function typeFor(type: WeightTypeName, name: string, layer: number, nLayer: number): GgmlTypeName {
-  if (type !== 'q4_k_m') return type;
+  if (type !== 'q4_k_m' && type !== 'q5_k_m') return type;
   if (name === 'output.weight' || name === 'token_embd.weight') return 'q6_k';
   if ((name.endsWith('ffn_down.weight') || name.endsWith('attn_v.weight')) && (layer < nLayer / 8 || layer % 2 === 0)) return 'q6_k';
-  return 'q4_k';
+  return type === 'q4_k_m' ? 'q4_k' : 'q5_k';
 }
 
 /** The shape a generated Llama 3 file declares in its metadata. */

@@ -156,43 +156,66 @@ void quantize_q4_0(const float* x, block_q4_0* y, int64_t nb) {
   }
 }
 
+// Q4_K and Q5_K: per 256-value super-block, an affine fit of each 32-value sub-block (values
+// 0..nmax), 6-bit scales and mins against f16 d and dmin, then the values re-derived against the
+// scales as stored: L[256], packed scales, d and dmin.
+void quantize_k_affine(const float* x, int nmax, uint8_t* L, uint8_t* scales, uint16_t* d16, uint16_t* dmin16) {
+  float scale[8], mn[8], w[32];
+  float max_scale = 0, max_mn = 0;
+  for (int j = 0; j < 8; j++) {
+    const float* xs = x + 32 * j;
+    float s2 = 0;
+    for (int i = 0; i < 32; i++) s2 += xs[i] * xs[i];
+    float rms = std::sqrt(s2 / 32);
+    for (int i = 0; i < 32; i++) w[i] = rms + std::fabs(xs[i]);
+    scale[j] = fit_affine(xs, w, 32, nmax, &mn[j]);
+    max_scale = std::fmax(max_scale, scale[j]);
+    max_mn = std::fmax(max_mn, mn[j]);
+  }
+  // 6-bit scales and mins relative to the block's largest (d and dmin in f16)
+  float isc = max_scale > 0 ? 63.f / max_scale : 0.f;
+  float imn = max_mn > 0 ? 63.f / max_mn : 0.f;
+  int sc[8], m[8];
+  for (int j = 0; j < 8; j++) {
+    sc[j] = clampi(round_int(isc * scale[j]), 0, 63);
+    m[j] = clampi(round_int(imn * mn[j]), 0, 63);
+  }
+  q4k_pack_scales(sc, m, scales);
+  *d16 = f32_to_f16(max_scale / 63.f);
+  *dmin16 = f32_to_f16(max_mn / 63.f);
+  float d = f16_to_f32(*d16), dmin = f16_to_f32(*dmin16);
+  for (int j = 0; j < 8; j++) {
+    float ds = d * sc[j], dm = dmin * m[j];
+    for (int i = 0; i < 32; i++)
+      L[32 * j + i] = ds > 0 ? (uint8_t)clampi(round_int((x[32 * j + i] + dm) / ds), 0, nmax) : 0;
+  }
+}
+
+// The low nibbles of L in 4 groups of 32 bytes: byte l of group g = L[64g + l] | L[64g + 32 + l] << 4.
+void pack_k_nibbles(const uint8_t* L, uint8_t* qs) {
+  for (int g = 0; g < 4; g++)
+    for (int l = 0; l < 32; l++) qs[32 * g + l] = (uint8_t)((L[64 * g + l] & 0xF) | ((L[64 * g + 32 + l] & 0xF) << 4));
+}
+
 void quantize_q4_K(const float* x, block_q4_K* y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++, x += QK_K) {
-    float scale[8], mn[8], w[32];
-    float max_scale = 0, max_mn = 0;
-    for (int j = 0; j < 8; j++) {
-      const float* xs = x + 32 * j;
-      float s2 = 0;
-      for (int i = 0; i < 32; i++) s2 += xs[i] * xs[i];
-      float rms = std::sqrt(s2 / 32);
-      for (int i = 0; i < 32; i++) w[i] = rms + std::fabs(xs[i]);
-      scale[j] = fit_affine(xs, w, 32, 15, &mn[j]);
-      max_scale = std::fmax(max_scale, scale[j]);
-      max_mn = std::fmax(max_mn, mn[j]);
-    }
-    // 6-bit scales and mins relative to the block's largest (d and dmin in f16)
-    float isc = max_scale > 0 ? 63.f / max_scale : 0.f;
-    float imn = max_mn > 0 ? 63.f / max_mn : 0.f;
-    int sc[8], m[8];
-    for (int j = 0; j < 8; j++) {
-      sc[j] = clampi(round_int(isc * scale[j]), 0, 63);
-      m[j] = clampi(round_int(imn * mn[j]), 0, 63);
-    }
-    q4k_pack_scales(sc, m, y[b].scales);
-    y[b].d = f32_to_f16(max_scale / 63.f);
-    y[b].dmin = f32_to_f16(max_mn / 63.f);
-    // re-derive the 4-bit values against the scales as stored
-    float d = f16_to_f32(y[b].d), dmin = f16_to_f32(y[b].dmin);
     uint8_t L[QK_K];
-    for (int j = 0; j < 8; j++) {
-      float ds = d * sc[j], dm = dmin * m[j];
-      for (int i = 0; i < 32; i++)
-        L[32 * j + i] = ds > 0 ? (uint8_t)clampi(round_int((x[32 * j + i] + dm) / ds), 0, 15) : 0;
+    quantize_k_affine(x, 15, L, y[b].scales, &y[b].d, &y[b].dmin);
+    pack_k_nibbles(L, y[b].qs);
+  }
+}
+
+void quantize_q5_K(const float* x, block_q5_K* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, x += QK_K) {
+    uint8_t L[QK_K];
+    quantize_k_affine(x, 31, L, y[b].scales, &y[b].d, &y[b].dmin);
+    pack_k_nibbles(L, y[b].qs);
+    // the fifth bits: bit s of qh[l] for element l of sub-block s
+    for (int l = 0; l < 32; l++) {
+      uint8_t h = 0;
+      for (int sb = 0; sb < 8; sb++) h |= (uint8_t)((L[32 * sb + l] >> 4) << sb);
+      y[b].qh[l] = h;
     }
-    // qs: 4 groups of 32 bytes; byte l of group g = L[64g + l] | L[64g + 32 + l] << 4
-    for (int g = 0; g < 4; g++)
-      for (int l = 0; l < 32; l++)
-        y[b].qs[32 * g + l] = (uint8_t)(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
   }
 }
 
@@ -251,18 +274,26 @@ void quantize_q8_K(const float* x, block_q8_K* y, int64_t nb) {
   }
 }
 
-void dequantize_q4_K(const block_q4_K* x, float* y, int64_t nb) {
-  for (int64_t b = 0; b < nb; b++) {
-    float d = f16_to_f32(x[b].d), dmin = f16_to_f32(x[b].dmin);
-    for (int g = 0; g < 4; g++) {  // 64 values: low nibbles then high nibbles of 32 bytes
-      int sc0, m0, sc1, m1;
-      q4k_scale_min(2 * g, x[b].scales, &sc0, &m0);
-      q4k_scale_min(2 * g + 1, x[b].scales, &sc1, &m1);
-      const uint8_t* q = x[b].qs + 32 * g;
-      for (int l = 0; l < 32; l++) *y++ = d * sc0 * (q[l] & 0xF) - dmin * m0;
-      for (int l = 0; l < 32; l++) *y++ = d * sc1 * (q[l] >> 4) - dmin * m1;
-    }
+// Q4_K, and Q5_K when qh is non-null (the fifth bit of element l of sub-block s: bit s of qh[l]).
+void dequantize_k_affine(uint16_t d16, uint16_t dmin16, const uint8_t* scales, const uint8_t* qs, const uint8_t* qh,
+                         float* y) {
+  float d = f16_to_f32(d16), dmin = f16_to_f32(dmin16);
+  for (int g = 0; g < 4; g++) {  // 64 values: low nibbles then high nibbles of 32 bytes
+    int sc0, m0, sc1, m1;
+    q4k_scale_min(2 * g, scales, &sc0, &m0);
+    q4k_scale_min(2 * g + 1, scales, &sc1, &m1);
+    const uint8_t* q = qs + 32 * g;
+    for (int l = 0; l < 32; l++) *y++ = d * sc0 * ((q[l] & 0xF) | (qh ? ((qh[l] >> (2 * g)) & 1) << 4 : 0)) - dmin * m0;
+    for (int l = 0; l < 32; l++) *y++ = d * sc1 * ((q[l] >> 4) | (qh ? ((qh[l] >> (2 * g + 1)) & 1) << 4 : 0)) - dmin * m1;
   }
+}
+
+void dequantize_q4_K(const block_q4_K* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++) dequantize_k_affine(x[b].d, x[b].dmin, x[b].scales, x[b].qs, nullptr, y + b * QK_K);
+}
+
+void dequantize_q5_K(const block_q5_K* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++) dequantize_k_affine(x[b].d, x[b].dmin, x[b].scales, x[b].qs, x[b].qh, y + b * QK_K);
 }
 
 void dequantize_q6_K(const block_q6_K* x, float* y, int64_t nb) {
@@ -333,6 +364,7 @@ void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n) {
       return;
     }
     case GgmlType::Q4_K: dequantize_q4_K((const block_q4_K*)src, dst, nb); return;
+    case GgmlType::Q5_K: dequantize_q5_K((const block_q5_K*)src, dst, nb); return;
     case GgmlType::Q6_K: dequantize_q6_K((const block_q6_K*)src, dst, nb); return;
     case GgmlType::Q8_K: {
       const block_q8_K* x = (const block_q8_K*)src;
@@ -363,6 +395,7 @@ void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n) {
     case GgmlType::Q8_0: quantize_q8_0(src, (block_q8_0*)dst, nb); return;
     case GgmlType::Q4_0: quantize_q4_0(src, (block_q4_0*)dst, nb); return;
     case GgmlType::Q4_K: quantize_q4_K(src, (block_q4_K*)dst, nb); return;
+    case GgmlType::Q5_K: quantize_q5_K(src, (block_q5_K*)dst, nb); return;
     case GgmlType::Q6_K: quantize_q6_K(src, (block_q6_K*)dst, nb); return;
     case GgmlType::Q8_K: quantize_q8_K(src, (block_q8_K*)dst, nb); return;
   }

@@ -37,6 +37,17 @@ struct block_q4_K {
 };
 static_assert(sizeof(block_q4_K) == 144, "q4_K block is 144 bytes");
 
+// 256 weights in 8 sub-blocks of 32: w = d*sc[j]*q - dmin*m[j] with q = 5 bits: the low 4 as in
+// Q4_K's qs, the fifth in qh (bit 2g of qh[l]: element l of sub-block 2g, bit 2g+1: of 2g+1)
+struct block_q5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[K_SCALE_SIZE];
+  uint8_t qh[QK_K / 8];
+  uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(block_q5_K) == 176, "q5_K block is 176 bytes");
+
 // 256 weights in 16 sub-blocks of 16: w = d * scales[j] * (q6 - 32)
 struct block_q6_K {
   uint8_t ql[QK_K / 2];      // low 4 bits
@@ -56,6 +67,6 @@ static_assert(sizeof(block_q8_K) == 292, "q8_K block is 292 bytes");
 
 // Reference routines (scalar, plain C++). n must be a multiple of the type's block size.
 void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n);
-void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K/Q8_K
+void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K/Q8_K
 
 }  // namespace lkv

@@ -142,37 +142,6 @@ std::string fmt(const char* f, double a, double b = 0, double c = 0) {
   return buf;
 }
 
-// A random weight matrix: quantized Gaussian data, or (raw) random bytes with sane scale fields,
-// which reach every bit pattern of the values.
-std::vector<uint8_t> make_weights(uint32_t type, int64_t rows, int64_t cols, bool raw, float scale = 0.05f) {
-  const size_t rb = ggml_row_bytes(type, cols);
-  std::vector<uint8_t> w(rb * rows);
-  if (!raw || type == kF32 || type == kF16 || type == kBF16) {
-    for (int64_t r = 0; r < rows; r++) {
-      std::vector<float> row = gauss_vec(cols, scale);
-      quantize_row_ref(type, row.data(), w.data() + r * rb, cols);
-    }
-    return w;
-  }
-  for (auto& b : w) b = (uint8_t)g_rng();
-  auto half = [](float lo, float hi) { return f32_to_f16(std::uniform_real_distribution<float>(lo, hi)(g_rng)); };
-  const int64_t nb = rows * cols / ggml_block_size(type);
-  for (int64_t b = 0; b < nb; b++) {
-    uint8_t* blk = w.data() + b * ggml_type_size(type);
-    uint16_t h;
-    switch ((GgmlType)type) {
-      case GgmlType::Q8_0: h = half(-0.002f, 0.002f); std::memcpy(blk, &h, 2); break;
-      case GgmlType::Q4_0: h = half(-0.02f, 0.02f); std::memcpy(blk, &h, 2); break;
-      case GgmlType::Q4_K:
-        h = half(0, 0.002f); std::memcpy(blk, &h, 2);
-        h = half(0, 0.002f); std::memcpy(blk + 2, &h, 2);
-        break;
-      case GgmlType::Q6_K: h = half(-0.0002f, 0.0002f); std::memcpy(blk + 208, &h, 2); break;
-      default: break;
-    }
-  }
-  return w;
-}
 
 // ---- kernels ----------------------------------------------------------------------------------
 

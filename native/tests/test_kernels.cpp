@@ -39,7 +39,7 @@ namespace {
 // double accumulation over <= 2k terms): ~1e-7 relative.
 // Q8_0/Q4_0: the activations are rounded to 8 bits per block of 32: step amax/127 with amax about
 // 2.5 sigma, rounding error step/sqrt(12) = 0.006 of x's RMS, passed on unchanged to the output.
-// Q4_K/Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
+// Q4_K/Q5_K/Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
 // The maximum single error may be a few RMS: allowed 6x.
 double matmul_budget(uint32_t type) {
   switch ((GgmlType)type) {
@@ -49,6 +49,7 @@ double matmul_budget(uint32_t type) {
     case GgmlType::Q8_0:
     case GgmlType::Q4_0: return 1.0e-2;
     case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
     case GgmlType::Q6_K: return 1.3e-2;
     default: return 0;
   }
@@ -57,8 +58,8 @@ double matmul_budget(uint32_t type) {
 // Quantize -> dequantize of Gaussian data, RMS error over RMS of the data. Step / sqrt(12):
 // F16 rel. step 2^-10 -> 3e-4 (RMS over a magnitude range ~2e-4); BF16 2^-7 -> 2e-3 (~1.6e-3);
 // Q8_0 amax(32)~2.5 sigma /127 -> 0.0057; Q8_K amax(256)~3.2 sigma/127 -> 0.0073;
-// Q4_0 amax/8 ~ 0.31 sigma -> 0.09; Q4_K (4 bit + min over 32, fitted) ~0.07-0.08;
-// Q6_K (6 bit over 16, fitted) ~0.02. Budgets are those with ~30% margin.
+// Q4_0 amax/8 ~ 0.31 sigma -> 0.09; Q4_K (4 bit + min over 32, fitted) ~0.07-0.08; Q5_K (5 bit)
+// half of that, ~0.035-0.04; Q6_K (6 bit over 16, fitted) ~0.02. Budgets are those with ~30% margin.
 double roundtrip_budget(uint32_t type) {
   switch ((GgmlType)type) {
     case GgmlType::F32: return 0;
@@ -68,6 +69,7 @@ double roundtrip_budget(uint32_t type) {
     case GgmlType::Q8_K: return 1e-2;
     case GgmlType::Q4_0: return 0.12;
     case GgmlType::Q4_K: return 0.10;
+    case GgmlType::Q5_K: return 0.05;
     case GgmlType::Q6_K: return 0.03;
     default: return 0;
   }
@@ -75,41 +77,6 @@ double roundtrip_budget(uint32_t type) {
 
 // ---- weights ------------------------------------------------------------------------------
 
-// A random weight matrix: either quantized Gaussian data, or (raw) random bytes with sane scale
-// fields, which reach every bit pattern of the values (e.g. q8_0's -128, all 6-bit scales).
-std::vector<uint8_t> make_weights(uint32_t type, int64_t rows, int64_t cols, bool raw) {
-  const size_t rb = ggml_row_bytes(type, cols);
-  std::vector<uint8_t> w(rb * rows);  // exact size, so ASan builds catch reads past the end
-  if (!raw || type == kF32 || type == kF16 || type == kBF16) {
-    std::vector<float> row;
-    for (int64_t r = 0; r < rows; r++) {
-      row = gauss_vec(cols, 0.05f);
-      quantize_row_ref(type, row.data(), w.data() + r * rb, cols);
-    }
-    return w;
-  }
-  for (size_t i = 0; i < rb * rows; i++) w[i] = (uint8_t)g_rng();
-  auto half = [](float lo, float hi) {
-    std::uniform_real_distribution<float> u(lo, hi);
-    return f32_to_f16(u(g_rng));
-  };
-  const int64_t nb = rows * cols / ggml_block_size(type);
-  for (int64_t b = 0; b < nb; b++) {
-    uint8_t* blk = w.data() + b * ggml_type_size(type);
-    uint16_t h;
-    switch ((GgmlType)type) {
-      case GgmlType::Q8_0: h = half(-0.002f, 0.002f); std::memcpy(blk, &h, 2); break;
-      case GgmlType::Q4_0: h = half(-0.02f, 0.02f); std::memcpy(blk, &h, 2); break;
-      case GgmlType::Q4_K:
-        h = half(0, 0.002f); std::memcpy(blk, &h, 2);
-        h = half(0, 0.002f); std::memcpy(blk + 2, &h, 2);
-        break;
-      case GgmlType::Q6_K: h = half(-0.0002f, 0.0002f); std::memcpy(blk + 208, &h, 2); break;
-      default: break;
-    }
-  }
-  return w;
-}
 
 
 // ---- matmul against the reference -----------------------------------------------------------
@@ -239,7 +206,7 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
   // quantization error the reference comparisons allow, so a token or row mixed up in either path
   // fails here even where it would hide in those
-  for (uint32_t type : {kQ8_0, kQ4_0, kQ4_K, kQ6_K}) {
+  for (uint32_t type : {kQ8_0, kQ4_0, kQ4_K, kQ5_K, kQ6_K}) {
     for (int64_t cols : {2048, 16640}) {
       const int64_t rows = 11;
       const int n_tok = 9;
@@ -352,7 +319,7 @@ void test_errors(const Kernels& k) {
 // ---- quantizers ---------------------------------------------------------------------------
 
 void test_roundtrip() {
-  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K, kQ8_K}) {
+  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ5_K, kQ6_K, kQ8_K}) {
     const int64_t n = 8192;
     std::vector<float> x = gauss_vec(n, 0.7f), back(n);
     std::vector<uint8_t> q(ggml_row_bytes(type, n));
@@ -450,6 +417,22 @@ void test_layouts() {
     dequantize_row_ref(kQ4_K, &blk, got.data(), 256);
     bool ok = same_values(got, want, &why);
     report(ok, "layout/q4_K", ok ? "hand-packed 6-bit scales/mins, all 8 sub-blocks" : why);
+    // Q5_K: the same header and nibbles, and the fifth bit of element e (sub-block j = e/32,
+    // l = e%32) at bit j of qh[l]: set for the elements with (e * 5) % 3 == 0
+    block_q5_K b5;
+    b5.d = blk.d;
+    b5.dmin = blk.dmin;
+    std::memcpy(b5.scales, blk.scales, 12);
+    std::memcpy(b5.qs, blk.qs, sizeof b5.qs);
+    std::memset(b5.qh, 0, sizeof b5.qh);
+    for (int e = 0; e < 256; e++) {
+      const int j = e / 32, high = (e * 5) % 3 == 0;
+      if (high) b5.qh[e % 32] |= (uint8_t)(1 << j);
+      want[e] += 1.f * sc[j] * 16 * high;
+    }
+    dequantize_row_ref(kQ5_K, &b5, got.data(), 256);
+    ok = same_values(got, want, &why);
+    report(ok, "layout/q5_K", ok ? "q4_K's header and nibbles plus hand-set fifth bits in qh" : why);
   }
   {  // Q6_K: d = 0.25, scales[j] = j - 8 (negative ones too), q6 value of element e = (5e+1) % 64.
      // Element e: half h = e/128, l = e%32, quarter k = (e%128)/32; low 4 bits in
@@ -484,12 +467,17 @@ void test_layouts() {
     dequantize_row_ref(kQ4_K, &q4, back.data(), 256);
     double m4 = 0;
     for (int i = 0; i < 256; i++) m4 = std::fmax(m4, std::fabs(back[i] - x[i]));
+    block_q5_K q5;
+    quantize_row_ref(kQ5_K, x.data(), &q5, 256);
+    dequantize_row_ref(kQ5_K, &q5, back.data(), 256);
+    double m5 = 0;
+    for (int i = 0; i < 256; i++) m5 = std::fmax(m5, std::fabs(back[i] - x[i]));
     // a ramp from -1 to 1.55: q6_K is symmetric per 16 values, step ~ |max|/32 <= 1.55/32, so
     // half a step is 0.024; q4_K's min is clamped to <= 0, so its all-positive sub-blocks step
-    // by max/15 <= 1.55/15: half a step 0.052.
-    char d[96];
-    std::snprintf(d, sizeof d, "ramp max err q6_K %.4f (<0.026) q4_K %.4f (<0.055)", m6, m4);
-    report(m6 < 0.026 && m4 < 0.055, "layout/ramp", d);
+    // by max/15 <= 1.55/15: half a step 0.052; q5_K by max/31: 0.025.
+    char d[128];
+    std::snprintf(d, sizeof d, "ramp max err q6_K %.4f (<0.026) q4_K %.4f (<0.055) q5_K %.4f (<0.027)", m6, m4, m5);
+    report(m6 < 0.026 && m4 < 0.055 && m5 < 0.027, "layout/ramp", d);
   }
 }
 

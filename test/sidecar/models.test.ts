@@ -13,7 +13,7 @@ import { tmpDirsRemovedAfter } from '../helpers';
 const tmpDir = tmpDirsRemovedAfter();
 
 /** A GGUF file with real metadata and tensor infos but no tensor data (headers are all discovery reads). */
-function fakeGguf(file: string, arch: string, opts: { tokenizer?: string; layers?: number; type?: 'q8_0' | 'q4_k' | 'f16' } = {}): void {
+function fakeGguf(file: string, arch: string, opts: { tokenizer?: string; layers?: number; type?: 'q8_0' | 'q4_k' | 'q5_k' | 'f16' } = {}): void {
   const md: Record<string, GgufMeta> = {
     'general.architecture': meta.str(arch),
     'general.name': meta.str(`fake-${arch}`),
@@ -52,6 +52,7 @@ test('GGUF header: architecture, dims, predominant type, size', () => {
   assert.equal(s.nVocab, 300, 'vocabulary size from the token array length');
   assert.equal(s.contextLength, 8192);
   assert.equal(s.weightType, 'q4_k');
+  assert.deepEqual(s.weightTypes, ['q4_k', 'f32']);
   assert.equal(s.fileBytes, fs.statSync(f).size);
   assert.equal(unsupportedReason(s), null);
   const h = readGgufHeader(f);
@@ -87,6 +88,25 @@ test('GGUF header: non-Llama architectures and SentencePiece Llamas are refused 
   const l2 = path.join(dir, 'llama2.gguf');
   fakeGguf(l2, 'llama', { tokenizer: 'llama' });
   assert.match(unsupportedReason(inspectGguf(l2))!, /SentencePiece/);
+});
+
+test('GGUF header: a Llama 3 file with weight types the engine cannot read is refused, naming them', () => {
+  const dir = tmpDir();
+  const ok = path.join(dir, 'q5.gguf');
+  fakeGguf(ok, 'llama', { type: 'q5_k' });
+  assert.equal(unsupportedReason(inspectGguf(ok)), null, 'Q5_K (Q5_K_M files) is read');
+  // a Q3_K_M-like file: attn_q's type id patched to 11 (q3_K) after its name, dims and dim count
+  const q3 = path.join(dir, 'q3.gguf');
+  fakeGguf(q3, 'llama', { type: 'q4_k' });
+  const bytes = fs.readFileSync(q3);
+  const name = Buffer.from('blk.0.attn_q.weight');
+  const at = bytes.indexOf(name) + name.length + 4 + 2 * 8;  // n_dims u32, two u64 dims
+  assert.equal(bytes.readUInt32LE(at), 12, 'the q4_K type id where the patch goes');
+  bytes.writeUInt32LE(11, at);
+  fs.writeFileSync(q3, bytes);
+  const s = inspectGguf(q3);
+  assert.deepEqual(s.weightTypes.sort(), ['f32', 'q3_k', 'q4_k']);
+  assert.match(unsupportedReason(s)!, /weight type q3_k is not supported: llamakv reads .*Q5_K/);
 });
 
 test('discovery: Ollama, LM Studio, Hugging Face, llama.cpp and the setting, under a fake HOME', () => {

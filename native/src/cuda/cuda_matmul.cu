@@ -22,6 +22,7 @@ size_t dev_q_row_bytes(uint32_t type, int64_t cols) {
     case GgmlType::Q8_0: return (size_t)cols;
     case GgmlType::Q4_0: return (size_t)cols / 2;
     case GgmlType::Q4_K: return (size_t)(cols / QK_K) * sizeof(block_q4_K);
+    case GgmlType::Q5_K: return (size_t)(cols / QK_K) * sizeof(block_q5_K);
     case GgmlType::Q6_K: return (size_t)(cols / QK_K) * kQ6KDeviceBlock;
     default: return 0;
   }
@@ -68,7 +69,7 @@ void repack_rows(const WeightView& W, int64_t r0, int64_t nr, uint8_t* q_out, ui
           std::memset(q + kQ6KDeviceBlock * b + sizeof(block_q6_K), 0, kQ6KDeviceBlock - sizeof(block_q6_K));
         }
         break;
-      default:  // F32, F16, BF16, Q4_K: as in the file
+      default:  // F32, F16, BF16, Q4_K, Q5_K: as in the file
         std::memcpy(q, src, qrb);
         break;
     }

@@ -2,7 +2,7 @@
 // with. The bytes are the file's quantized blocks (quant.h), rearranged only so that every load
 // is aligned: Q8_0 and Q4_0 split into a value array and an f16 scale array (their 34- and
 // 18-byte blocks are only 2-byte aligned), Q6_K blocks padded from 210 to 224 bytes; Q4_K
-// (144 bytes), F16, BF16 and F32 rows are copied as they are.
+// (144 bytes), Q5_K (176), F16, BF16 and F32 rows are copied as they are.
 #pragma once
 
 #include <type_traits>
@@ -114,6 +114,23 @@ __host__ __device__ __forceinline__ void dequant8(const DevMatrix& W, int row, i
       const uint32_t word = k < 4 ? u.x : u.y;
       v[k] = sub_rn(mul_rn(ds, small_int_f32((word >> (8 * (k & 3) + 4 * hi)) & 0xF, 0.0f)), dm);
     }
+  } else if constexpr (T == (uint32_t)GgmlType::Q5_K) {
+    // Q4_K's layout with qh (32 bytes) before qs: the fifth bit of element l of sub-block s is
+    // bit s of qh[l]
+    const uint8_t* blk = r + (size_t)(c / 256) * sizeof(block_q5_K);
+    const int w = c % 256, g = w / 64, hi = (w / 32) & 1, l0 = w % 32, s = 2 * g + hi;
+    int sc, m;
+    q4k_scale_min_dev(s, blk + 4, &sc, &m);
+    const float d = f16_bits_to_f32(*(const uint16_t*)blk), dmin = f16_bits_to_f32(*(const uint16_t*)(blk + 2));
+    const float ds = mul_rn(d, (float)sc), dm = mul_rn(dmin, (float)m);
+    const uint2 u = *(const uint2*)(blk + 48 + 32 * g + l0);
+    const uint2 h = *(const uint2*)(blk + 16 + l0);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      const uint32_t word = k < 4 ? u.x : u.y, hw = k < 4 ? h.x : h.y;
+      const uint32_t q = ((word >> (8 * (k & 3) + 4 * hi)) & 0xF) | (((hw >> (8 * (k & 3) + s)) & 1) << 4);
+      v[k] = sub_rn(mul_rn(ds, small_int_f32(q, 0.0f)), dm);
+    }
   } else if constexpr (T == (uint32_t)GgmlType::Q6_K) {
     // two halves of 128; quarter qq of a half takes ql[l] or ql[l+32] (low or high nibble) and
     // 2 bits of qh[l]; scale sc[8h + l/16 + 2qq] (see dequantize_q6_K in quant.cpp)
@@ -145,6 +162,7 @@ void dispatch_type(uint32_t type, F&& f) {
     case G::Q8_0: f(std::integral_constant<uint32_t, (uint32_t)G::Q8_0>{}); return;
     case G::Q4_0: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_0>{}); return;
     case G::Q4_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_K>{}); return;
+    case G::Q5_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q5_K>{}); return;
     case G::Q6_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q6_K>{}); return;
     default: break;
   }
