@@ -5,9 +5,11 @@
 import { nativeAddon } from './native';
 import { GGML_BLOCK, GgmlTypeName, GgufMeta, meta, TensorSpec, writeGguf } from './gguf/writer';
 
-export type WeightTypeName = GgmlTypeName | 'q4_k_m' | 'q5_k_m';
+export type WeightTypeName = GgmlTypeName | 'q3_k_m' | 'q4_k_m' | 'q5_k_m';
 /** Every weight type `model synth` and the benchmark can generate. */
-export const WEIGHT_TYPES: readonly WeightTypeName[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m'];
+export const WEIGHT_TYPES: readonly WeightTypeName[] = [
+  'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q3_k_m', 'q4_k_m', 'q5_k_m',
+];
 
 export interface SynthOptions {
   out?: string;
@@ -130,14 +132,23 @@ function resolveShape(o: SynthOptions): Shape {
 }
 
 /**
- * Weight type of each tensor; 'q4_k_m' and 'q5_k_m' mix Q4_K / Q5_K with Q6_K as llama.cpp's
- * Q4_K_M and Q5_K_M do (Q6_K for the output, and for ffn_down and attn_v in the first eighth of
- * the layers and every other one after).
+ * Weight type of each tensor. The mixes follow llama.cpp's: 'q4_k_m' and 'q5_k_m' are Q4_K / Q5_K
+ * with Q6_K for the output and for ffn_down and attn_v in the first eighth of the layers and
+ * every other one after; 'q3_k_m' is Q3_K with Q6_K for the output, Q4_K for attn_output, Q5_K
+ * for attn_v in the first 2 layers (Q4_K after) and ffn_down in the first sixteenth (then Q4_K
+ * where Q4_K_M has Q6_K, else Q3_K).
  */
 function typeFor(type: WeightTypeName, name: string, layer: number, nLayer: number): GgmlTypeName {
-  if (type !== 'q4_k_m' && type !== 'q5_k_m') return type;
+  if (type !== 'q3_k_m' && type !== 'q4_k_m' && type !== 'q5_k_m') return type;
   if (name === 'output.weight' || name === 'token_embd.weight') return 'q6_k';
-  if ((name.endsWith('ffn_down.weight') || name.endsWith('attn_v.weight')) && (layer < nLayer / 8 || layer % 2 === 0)) return 'q6_k';
+  const moreBits = layer < nLayer / 8 || layer % 2 === 0;
+  if (type === 'q3_k_m') {
+    if (name.endsWith('attn_v.weight')) return layer < 2 ? 'q5_k' : 'q4_k';
+    if (name.endsWith('ffn_down.weight')) return layer < nLayer / 16 ? 'q5_k' : moreBits ? 'q4_k' : 'q3_k';
+    if (name.endsWith('attn_output.weight')) return 'q4_k';
+    return 'q3_k';
+  }
+  if ((name.endsWith('ffn_down.weight') || name.endsWith('attn_v.weight')) && moreBits) return 'q6_k';
   return type === 'q4_k_m' ? 'q4_k' : 'q5_k';
 }
 

@@ -219,22 +219,62 @@ void quantize_q5_K(const float* x, block_q5_K* y, int64_t nb) {
   }
 }
 
+// Q3_K's 6-bit scale s (0..63, stored biased by 32) from its 12 packed bytes.
+int q3k_scale(const uint8_t* b, int s) {
+  const int low = s < 8 ? b[s] & 0xF : b[s - 8] >> 4;
+  return low | (((b[8 + s % 4] >> (2 * (s / 4))) & 3) << 4);
+}
+
+// Q3_K and Q6_K: a symmetric fit of each 16-value sub-block (values -nmax..nmax-1), the sub-block
+// scales as integers in [-smax, smax-1] against one f16 d (the largest maps to -smax). Returns
+// false, with d and every Ls 0, for an all-zero block.
+bool fit_sub16_scales(const float* x, int nmax, int smax, uint16_t* d, int* Ls) {
+  float scale[16];
+  float max_abs = 0, max_scale = 0;
+  for (int j = 0; j < 16; j++) {
+    scale[j] = fit_symmetric(x + 16 * j, 16, nmax);
+    if (std::fabs(scale[j]) > max_abs) {
+      max_abs = std::fabs(scale[j]);
+      max_scale = scale[j];
+    }
+  }
+  *d = 0;
+  for (int j = 0; j < 16; j++) Ls[j] = 0;
+  if (max_abs < 1e-15f) return false;
+  const float iscale = -(float)smax / max_scale;
+  *d = f32_to_f16(1.f / iscale);
+  for (int j = 0; j < 16; j++) Ls[j] = clampi(round_int(iscale * scale[j]), -smax, smax - 1);
+  return true;
+}
+
+void quantize_q3_K(const float* x, block_q3_K* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, x += QK_K) {
+    std::memset(&y[b], 0, sizeof(block_q3_K));
+    int Ls[16];
+    fit_sub16_scales(x, 4, 32, &y[b].d, Ls);
+    for (int j = 0; j < 16; j++) {
+      const int v = Ls[j] + 32;
+      if (j < 8) y[b].scales[j] |= (uint8_t)(v & 0xF);
+      else y[b].scales[j - 8] |= (uint8_t)((v & 0xF) << 4);
+      y[b].scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
+    }
+    const float d = f16_to_f32(y[b].d);
+    for (int e = 0; e < QK_K; e++) {
+      const float ds = d * Ls[e / 16];
+      const int u = ds != 0 ? clampi(round_int(x[e] / ds), -4, 3) + 4 : 4;
+      const int h = e / 128, j = (e % 128) / 32, l = e % 32;
+      y[b].qs[32 * h + l] |= (uint8_t)((u & 3) << (2 * j));
+      y[b].hmask[l] |= (uint8_t)((u >> 2) << (4 * h + j));
+    }
+  }
+}
+
 void quantize_q6_K(const float* x, block_q6_K* y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++, x += QK_K) {
-    float scale[16];
-    float max_abs = 0, max_scale = 0;
-    for (int j = 0; j < 16; j++) {
-      scale[j] = fit_symmetric(x + 16 * j, 16, 32);
-      if (std::fabs(scale[j]) > max_abs) {
-        max_abs = std::fabs(scale[j]);
-        max_scale = scale[j];
-      }
-    }
     std::memset(&y[b], 0, sizeof(block_q6_K));
-    if (max_abs < 1e-15f) continue;  // all zero: d = 0
-    float iscale = -128.f / max_scale;  // the largest sub-block scale maps to -128
-    y[b].d = f32_to_f16(1.f / iscale);
-    for (int j = 0; j < 16; j++) y[b].scales[j] = (int8_t)clampi(round_int(iscale * scale[j]), -128, 127);
+    int Ls[16];
+    if (!fit_sub16_scales(x, 32, 128, &y[b].d, Ls)) continue;  // all zero: d = 0
+    for (int j = 0; j < 16; j++) y[b].scales[j] = (int8_t)Ls[j];
     float d = f16_to_f32(y[b].d);
     uint8_t L[QK_K];
     for (int j = 0; j < 16; j++) {
@@ -294,6 +334,17 @@ void dequantize_q4_K(const block_q4_K* x, float* y, int64_t nb) {
 
 void dequantize_q5_K(const block_q5_K* x, float* y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++) dequantize_k_affine(x[b].d, x[b].dmin, x[b].scales, x[b].qs, x[b].qh, y + b * QK_K);
+}
+
+void dequantize_q3_K(const block_q3_K* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++) {
+    const float d = f16_to_f32(x[b].d);
+    for (int e = 0; e < QK_K; e++) {
+      const int h = e / 128, j = (e % 128) / 32, l = e % 32;
+      const int u = ((x[b].qs[32 * h + l] >> (2 * j)) & 3) | (((x[b].hmask[l] >> (4 * h + j)) & 1) << 2);
+      *y++ = d * (q3k_scale(x[b].scales, e / 16) - 32) * (u - 4);
+    }
+  }
 }
 
 void dequantize_q6_K(const block_q6_K* x, float* y, int64_t nb) {
@@ -363,6 +414,7 @@ void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case GgmlType::Q3_K: dequantize_q3_K((const block_q3_K*)src, dst, nb); return;
     case GgmlType::Q4_K: dequantize_q4_K((const block_q4_K*)src, dst, nb); return;
     case GgmlType::Q5_K: dequantize_q5_K((const block_q5_K*)src, dst, nb); return;
     case GgmlType::Q6_K: dequantize_q6_K((const block_q6_K*)src, dst, nb); return;
@@ -394,6 +446,7 @@ void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n) {
     }
     case GgmlType::Q8_0: quantize_q8_0(src, (block_q8_0*)dst, nb); return;
     case GgmlType::Q4_0: quantize_q4_0(src, (block_q4_0*)dst, nb); return;
+    case GgmlType::Q3_K: quantize_q3_K(src, (block_q3_K*)dst, nb); return;
     case GgmlType::Q4_K: quantize_q4_K(src, (block_q4_K*)dst, nb); return;
     case GgmlType::Q5_K: quantize_q5_K(src, (block_q5_K*)dst, nb); return;
     case GgmlType::Q6_K: quantize_q6_K(src, (block_q6_K*)dst, nb); return;

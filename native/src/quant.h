@@ -37,6 +37,19 @@ struct block_q4_K {
 };
 static_assert(sizeof(block_q4_K) == 144, "q4_K block is 144 bytes");
 
+// 256 weights in 16 sub-blocks of 16: w = d * (sc[j] - 32) * (q - 4), q = 3 bits: element e (half
+// h = e/128, j = (e%128)/32, l = e%32) has its low 2 bits at bits 2j of qs[32h + l] and its third
+// at bit 4h + j of hmask[l]; the 16 6-bit scales are packed in 12 bytes: the low 4 bits of
+// scale s in scales[s] (s < 8) or the high nibble of scales[s - 8], its top 2 bits at bits
+// 2(s/4) of scales[8 + s%4].
+struct block_q3_K {
+  uint8_t hmask[QK_K / 8];
+  uint8_t qs[QK_K / 4];
+  uint8_t scales[12];
+  uint16_t d;
+};
+static_assert(sizeof(block_q3_K) == 110, "q3_K block is 110 bytes");
+
 // 256 weights in 8 sub-blocks of 32: w = d*sc[j]*q - dmin*m[j] with q = 5 bits: the low 4 as in
 // Q4_K's qs, the fifth in qh (bit 2g of qh[l]: element l of sub-block 2g, bit 2g+1: of 2g+1)
 struct block_q5_K {
@@ -67,6 +80,6 @@ static_assert(sizeof(block_q8_K) == 292, "q8_K block is 292 bytes");
 
 // Reference routines (scalar, plain C++). n must be a multiple of the type's block size.
 void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n);
-void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K/Q8_K
+void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // F32/F16/BF16/Q8_0/Q4_0/Q3_K/Q4_K/Q5_K/Q6_K/Q8_K
 
 }  // namespace lkv

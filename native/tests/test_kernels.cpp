@@ -39,7 +39,7 @@ namespace {
 // double accumulation over <= 2k terms): ~1e-7 relative.
 // Q8_0/Q4_0: the activations are rounded to 8 bits per block of 32: step amax/127 with amax about
 // 2.5 sigma, rounding error step/sqrt(12) = 0.006 of x's RMS, passed on unchanged to the output.
-// Q4_K/Q5_K/Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
+// Q3_K..Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
 // The maximum single error may be a few RMS: allowed 6x.
 double matmul_budget(uint32_t type) {
   switch ((GgmlType)type) {
@@ -48,6 +48,7 @@ double matmul_budget(uint32_t type) {
     case GgmlType::BF16: return 2e-6;
     case GgmlType::Q8_0:
     case GgmlType::Q4_0: return 1.0e-2;
+    case GgmlType::Q3_K:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K: return 1.3e-2;
@@ -59,7 +60,8 @@ double matmul_budget(uint32_t type) {
 // F16 rel. step 2^-10 -> 3e-4 (RMS over a magnitude range ~2e-4); BF16 2^-7 -> 2e-3 (~1.6e-3);
 // Q8_0 amax(32)~2.5 sigma /127 -> 0.0057; Q8_K amax(256)~3.2 sigma/127 -> 0.0073;
 // Q4_0 amax/8 ~ 0.31 sigma -> 0.09; Q4_K (4 bit + min over 32, fitted) ~0.07-0.08; Q5_K (5 bit)
-// half of that, ~0.035-0.04; Q6_K (6 bit over 16, fitted) ~0.02. Budgets are those with ~30% margin.
+// half of that, ~0.035-0.04; Q6_K (6 bit over 16, fitted) ~0.02; Q3_K (3 bit over 16, fitted)
+// ~0.15. Budgets are those with ~30% margin.
 double roundtrip_budget(uint32_t type) {
   switch ((GgmlType)type) {
     case GgmlType::F32: return 0;
@@ -68,6 +70,7 @@ double roundtrip_budget(uint32_t type) {
     case GgmlType::Q8_0: return 8e-3;
     case GgmlType::Q8_K: return 1e-2;
     case GgmlType::Q4_0: return 0.12;
+    case GgmlType::Q3_K: return 0.20;
     case GgmlType::Q4_K: return 0.10;
     case GgmlType::Q5_K: return 0.05;
     case GgmlType::Q6_K: return 0.03;
@@ -206,7 +209,7 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
   // quantization error the reference comparisons allow, so a token or row mixed up in either path
   // fails here even where it would hide in those
-  for (uint32_t type : {kQ8_0, kQ4_0, kQ4_K, kQ5_K, kQ6_K}) {
+  for (uint32_t type : {kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K}) {
     for (int64_t cols : {2048, 16640}) {
       const int64_t rows = 11;
       const int n_tok = 9;
@@ -319,7 +322,7 @@ void test_errors(const Kernels& k) {
 // ---- quantizers ---------------------------------------------------------------------------
 
 void test_roundtrip() {
-  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ5_K, kQ6_K, kQ8_K}) {
+  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kQ8_K}) {
     const int64_t n = 8192;
     std::vector<float> x = gauss_vec(n, 0.7f), back(n);
     std::vector<uint8_t> q(ggml_row_bytes(type, n));
@@ -453,6 +456,31 @@ void test_layouts() {
     dequantize_row_ref(kQ6_K, &blk, got.data(), 256);
     bool ok = same_values(got, want, &why);
     report(ok, "layout/q6_K", ok ? "hand-packed ql/qh, signed scales" : why);
+  }
+  {  // Q3_K (as llama.cpp's dequantize_row_q3_K reads it): d = 0.5, 6-bit scale of sub-block s =
+     // 4s + 3 (stored; the value is that minus 32), element e's 3-bit value u = (3e + 1) % 8 (the
+     // weight is u - 4). Element e (h = e/128, j = (e%128)/32, l = e%32): bits 0-1 of u at bits
+     // 2j of qs[32h + l], bit 2 at bit 4h + j of hmask[l]. Scale s: low nibble in scales[s]
+     // (s < 8) or the high nibble of scales[s - 8], top 2 bits at bits 2(s/4) of scales[8 + s%4].
+    block_q3_K blk;
+    std::memset(&blk, 0, sizeof blk);
+    blk.d = 0x3800;
+    for (int s = 0; s < 16; s++) {
+      const int v = 4 * s + 3;
+      if (s < 8) blk.scales[s] |= (uint8_t)(v & 0xF);
+      else blk.scales[s - 8] |= (uint8_t)((v & 0xF) << 4);
+      blk.scales[8 + s % 4] |= (uint8_t)((v >> 4) << (2 * (s / 4)));
+    }
+    std::vector<float> want(256), got(256);
+    for (int e = 0; e < 256; e++) {
+      const int u = (3 * e + 1) % 8, h = e / 128, j = (e % 128) / 32, l = e % 32;
+      blk.qs[32 * h + l] |= (uint8_t)((u & 3) << (2 * j));
+      blk.hmask[l] |= (uint8_t)((u >> 2) << (4 * h + j));
+      want[e] = 0.5f * (4 * (e / 16) + 3 - 32) * (u - 4);
+    }
+    dequantize_row_ref(kQ3_K, &blk, got.data(), 256);
+    bool ok = same_values(got, want, &why);
+    report(ok, "layout/q3_K", ok ? "hand-packed qs/hmask, 6-bit signed scales" : why);
   }
   {  // the quantizers produce what the dequantizers read: Q6_K / Q4_K of a ramp
     std::vector<float> x(256), back(256);

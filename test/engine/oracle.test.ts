@@ -45,7 +45,7 @@ for (const [name, opts] of shapes) {
   });
 }
 
-const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m'] as const;
+const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q3_k_m', 'q4_k_m', 'q5_k_m'] as const;
 for (const type of types) {
   test(`${type} weights match llama.cpp (KL <= 1e-3, same argmax)`, async () => {
     // a larger output scale gives a clear argmax to compare

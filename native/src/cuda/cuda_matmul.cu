@@ -21,6 +21,7 @@ size_t dev_q_row_bytes(uint32_t type, int64_t cols) {
     case GgmlType::BF16: return (size_t)cols * 2;
     case GgmlType::Q8_0: return (size_t)cols;
     case GgmlType::Q4_0: return (size_t)cols / 2;
+    case GgmlType::Q3_K: return (size_t)(cols / QK_K) * kQ3KDeviceBlock;
     case GgmlType::Q4_K: return (size_t)(cols / QK_K) * sizeof(block_q4_K);
     case GgmlType::Q5_K: return (size_t)(cols / QK_K) * sizeof(block_q5_K);
     case GgmlType::Q6_K: return (size_t)(cols / QK_K) * kQ6KDeviceBlock;
@@ -41,6 +42,14 @@ void check_dev_matrix_shape(const WeightView& W, const char* what) {
             (long long)W.cols, (long long)block);
   LKV_CHECK(W.row_bytes == ggml_row_bytes(W.type, (uint64_t)W.cols), "CUDA backend: %s: row_bytes %zu does not match %lld %s values",
             what, W.row_bytes, (long long)W.cols, ggml_type_name(W.type));
+}
+
+// nb blocks of `bytes` each at a `stride`-byte stride, the padding zeroed.
+static void pad_blocks(const uint8_t* src, int64_t nb, size_t bytes, size_t stride, uint8_t* q) {
+  for (int64_t b = 0; b < nb; b++) {
+    std::memcpy(q + stride * b, src + b * bytes, bytes);
+    std::memset(q + stride * b + bytes, 0, stride - bytes);
+  }
 }
 
 void repack_rows(const WeightView& W, int64_t r0, int64_t nr, uint8_t* q_out, uint8_t* d_out) {
@@ -64,10 +73,10 @@ void repack_rows(const WeightView& W, int64_t r0, int64_t nr, uint8_t* q_out, ui
         }
         break;
       case GgmlType::Q6_K:  // 210-byte blocks at a 224-byte stride
-        for (int64_t b = 0; b < nbk; b++) {
-          std::memcpy(q + kQ6KDeviceBlock * b, src + b * sizeof(block_q6_K), sizeof(block_q6_K));
-          std::memset(q + kQ6KDeviceBlock * b + sizeof(block_q6_K), 0, kQ6KDeviceBlock - sizeof(block_q6_K));
-        }
+        pad_blocks(src, nbk, sizeof(block_q6_K), kQ6KDeviceBlock, q);
+        break;
+      case GgmlType::Q3_K:  // 110-byte blocks at a 112-byte stride
+        pad_blocks(src, nbk, sizeof(block_q3_K), kQ3KDeviceBlock, q);
         break;
       default:  // F32, F16, BF16, Q4_K, Q5_K: as in the file
         std::memcpy(q, src, qrb);

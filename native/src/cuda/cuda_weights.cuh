@@ -1,8 +1,8 @@
 // cuda_weights.cuh — weight matrices on the device and the one decoder every kernel reads them
 // with. The bytes are the file's quantized blocks (quant.h), rearranged only so that every load
 // is aligned: Q8_0 and Q4_0 split into a value array and an f16 scale array (their 34- and
-// 18-byte blocks are only 2-byte aligned), Q6_K blocks padded from 210 to 224 bytes; Q4_K
-// (144 bytes), Q5_K (176), F16, BF16 and F32 rows are copied as they are.
+// 18-byte blocks are only 2-byte aligned), Q6_K blocks padded from 210 to 224 bytes and Q3_K
+// from 110 to 112; Q4_K (144 bytes), Q5_K (176), F16, BF16 and F32 rows are copied as they are.
 #pragma once
 
 #include <type_traits>
@@ -14,6 +14,7 @@
 namespace lkv {
 
 constexpr int kQ6KDeviceBlock = 224;  // block_q6_K (210 bytes) padded to a multiple of 16
+constexpr int kQ3KDeviceBlock = 112;  // block_q3_K (110 bytes) padded to a multiple of 16
 
 struct DevMatrix {
   uint32_t type = 0;           // GgmlType
@@ -131,6 +132,22 @@ __host__ __device__ __forceinline__ void dequant8(const DevMatrix& W, int row, i
       const uint32_t q = ((word >> (8 * (k & 3) + 4 * hi)) & 0xF) | (((hw >> (8 * (k & 3) + s)) & 1) << 4);
       v[k] = sub_rn(mul_rn(ds, small_int_f32(q, 0.0f)), dm);
     }
+  } else if constexpr (T == (uint32_t)GgmlType::Q3_K) {
+    // element e (h = e/128, j = (e%128)/32, l = e%32): bits 0-1 at bits 2j of qs[32h + l], bit 2
+    // at bit 4h + j of hmask[l]; sub-block e/16's 6-bit scale less 32 (see quant.h)
+    const uint8_t* blk = r + (size_t)(c / 256) * kQ3KDeviceBlock;
+    const int w = c % 256, h = w / 128, j = (w % 128) / 32, l0 = w % 32, s = w / 16;
+    const uint8_t* sb = blk + 96;
+    const int sc = ((s < 8 ? sb[s] & 0xF : sb[s - 8] >> 4) | (((sb[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32;
+    const float ds = mul_rn(f16_bits_to_f32(*(const uint16_t*)(blk + 108)), (float)sc);
+    const uint2 q = *(const uint2*)(blk + 32 + 32 * h + l0);
+    const uint2 hm = *(const uint2*)(blk + l0);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      const uint32_t qw = k < 4 ? q.x : q.y, hw = k < 4 ? hm.x : hm.y;
+      const uint32_t u = ((qw >> (8 * (k & 3) + 2 * j)) & 3) | (((hw >> (8 * (k & 3) + 4 * h + j)) & 1) << 2);
+      v[k] = mul_rn(ds, small_int_f32(u, 4.0f));
+    }
   } else if constexpr (T == (uint32_t)GgmlType::Q6_K) {
     // two halves of 128; quarter qq of a half takes ql[l] or ql[l+32] (low or high nibble) and
     // 2 bits of qh[l]; scale sc[8h + l/16 + 2qq] (see dequantize_q6_K in quant.cpp)
@@ -161,6 +178,7 @@ void dispatch_type(uint32_t type, F&& f) {
     case G::BF16: f(std::integral_constant<uint32_t, (uint32_t)G::BF16>{}); return;
     case G::Q8_0: f(std::integral_constant<uint32_t, (uint32_t)G::Q8_0>{}); return;
     case G::Q4_0: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_0>{}); return;
+    case G::Q3_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q3_K>{}); return;
     case G::Q4_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_K>{}); return;
     case G::Q5_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q5_K>{}); return;
     case G::Q6_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q6_K>{}); return;
