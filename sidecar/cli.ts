@@ -157,12 +157,12 @@ const commands: Record<string, Command> = {
   },
 
   model: {
-    usage: `model synth --out FILE [--preset tiny|1b|needle] [--type ${WEIGHT_TYPES.join('|')}] [--seed N] [--json]`,
+    usage: `model synth --out FILE [--preset tiny|1b|needle] [--type ${WEIGHT_TYPES.join('|')}] [--dequantized] [--seed N] [--json]`,
     async run(argv) {
       const [sub, ...rest] = argv;
       if (sub !== 'synth') throw new UsageError(sub ? `unknown subcommand "${sub}" (there is one: synth)` : 'missing the subcommand (synth)');
-      const a = parseArgs(rest, ['json']);
-      checkFlags(a, ['json', 'out', 'preset', 'type', 'seed']);
+      const a = parseArgs(rest, ['json', 'dequantized']);
+      checkFlags(a, ['json', 'out', 'preset', 'type', 'seed', 'dequantized']);
       const out = flagStr(a, 'out');
       if (!out) throw new UsageError('missing --out FILE');
       const preset = flagStr(a, 'preset', 'tiny');
@@ -177,7 +177,7 @@ const commands: Record<string, Command> = {
       if (preset !== 'tiny' && preset !== '1b') throw new UsageError(`unknown preset "${preset}" (tiny, 1b, needle)`);
       const type = flagStr(a, 'type', preset === '1b' ? 'q8_0' : 'f32') as WeightTypeName;
       if (!WEIGHT_TYPES.includes(type)) throw new UsageError(`unknown type "${type}" (${WEIGHT_TYPES.join(', ')})`);
-      const r = await synthModel({ out, preset, type, seed: flagNum(a, 'seed', 1) });
+      const r = await synthModel({ out, preset, type, seed: flagNum(a, 'seed', 1), dequantized: flagBool(a, 'dequantized') });
       print(flagBool(a, 'json'), { path: out, params: r.params, bytes: fs.statSync(out).size }, () => `wrote ${out} (${fmt(r.params)} parameters, ${mib(fs.statSync(out).size)})`);
       return 0;
     },

@@ -8,7 +8,7 @@ import { GGML_BLOCK, GgmlTypeName, GgufMeta, meta, TensorSpec, writeGguf } from 
 export type WeightTypeName = GgmlTypeName | 'q3_k_m' | 'q4_k_m' | 'q5_k_m';
 /** Every weight type `model synth` and the benchmark can generate. */
 export const WEIGHT_TYPES: readonly WeightTypeName[] = [
-  'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q3_k_m', 'q4_k_m', 'q5_k_m',
+  'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'q3_k_m', 'q4_k_m', 'q5_k_m',
 ];
 
 export interface SynthOptions {
@@ -31,6 +31,11 @@ export interface SynthOptions {
   ropeFreqBase?: number;
   /** Multiplies the output matrix (larger = peakier next-token distributions). */
   outputScale?: number;
+  /**
+   * Write every weight as F32 holding exactly the values its type dequantizes to: the same model
+   * as with `type`, evaluated without quantized arithmetic (the reference for a quantized file).
+   */
+  dequantized?: boolean;
   name?: string;
 }
 
@@ -227,13 +232,20 @@ export async function synthModel(opts: SynthOptions & { out: string }): Promise<
     const chunkRows = Math.max(1, Math.floor((1 << 20) / cols));
     const tensorSeed = (seed * 7919 + tensors.length * 104729) >>> 0;
     params += rows * cols;
+    const asF32 = opts.dequantized === true && tt !== 'f32';
     tensors.push({
-      name, type: tt, ne: [cols, rows],
+      name, type: asF32 ? 'f32' : tt, ne: [cols, rows],
       data: function* () {
         const r = new Rng(tensorSeed);
         for (let row = 0; row < rows; row += chunkRows) {
           const n = Math.min(chunkRows, rows - row);
-          yield encode(tt, r.fill(n * cols, std));
+          const bytes = encode(tt, r.fill(n * cols, std));
+          if (!asF32) {
+            yield bytes;
+            continue;
+          }
+          const f = nativeAddon().dequantize(tt, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), n * cols);
+          yield new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
         }
       },
     });

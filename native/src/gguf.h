@@ -25,6 +25,8 @@ enum class GgmlType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,  // activations only, never in files we accept
+  IQ4_NL = 20,
+  IQ4_XS = 23,
   BF16 = 30,
 };
 const char* ggml_type_name(uint32_t type);  // "q4_K" etc., "type#N" when unknown

@@ -26,6 +26,8 @@ bool type_info(uint32_t type, TypeInfo* out) {
     case GgmlType::Q5_K: *out = {256, 176, "q5_K", true}; return true;
     case GgmlType::Q6_K: *out = {256, 210, "q6_K", true}; return true;
     case GgmlType::Q8_K: *out = {256, 292, "q8_K", false}; return true;
+    case GgmlType::IQ4_NL: *out = {32, 18, "iq4_nl", true}; return true;
+    case GgmlType::IQ4_XS: *out = {256, 136, "iq4_xs", true}; return true;
   }
   return false;
 }

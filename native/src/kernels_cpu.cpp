@@ -59,7 +59,7 @@ uint8_t* scratch(size_t bytes) {
   return buf.data()->b;
 }
 
-// The integer prefill kernels' repacked weight panel (Q8_0/Q4_0 and the K-quants), one per thread
+// The integer prefill kernels' repacked weight panel (Q8_0, Q4_0, the IQ4s and the K-quants), one per thread
 // that runs a task (the calling thread runs tasks too, so this cannot be scratch()'s buffer, which
 // holds the activations).
 uint8_t* panel_scratch() {
@@ -90,7 +90,7 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
   LKV_CHECK(n_tok >= 0, "matmul: n_tok %d", n_tok);
   if (W.rows == 0 || n_tok == 0) return;
   const GgmlType type = (GgmlType)W.type;
-  const bool q8 = type == GgmlType::Q8_0 || type == GgmlType::Q4_0;
+  const bool q8 = type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::IQ4_NL || type == GgmlType::IQ4_XS;
   const bool qk = type == GgmlType::Q3_K || type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
   const int n_threads = pool ? pool->size() : 1;
 

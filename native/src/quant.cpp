@@ -298,6 +298,87 @@ void quantize_q6_K(const float* x, block_q6_K* y, int64_t nb) {
   }
 }
 
+// The kIq4Values index nearest to v (the grid is ascending).
+int iq4_index(float v) {
+  int best = 0;
+  for (int i = 1; i < 16; i++)
+    if (std::fabs(v - kIq4Values[i]) < std::fabs(v - kIq4Values[best])) best = i;
+  return best;
+}
+
+// 32 values as IQ4 indices against scale d (byte j: element j low, j+16 high); the scale that
+// maps the largest-magnitude value onto the grid's end (-127), refined by least squares over a few
+// candidates. Returns the scale.
+float fit_iq4(const float* x, uint8_t* qs) {
+  float amax = 0, vmax = 0;
+  for (int i = 0; i < 32; i++)
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      vmax = x[i];
+    }
+  float best_d = 0, best_err = INFINITY;
+  for (int step = -6; step <= 6 && amax > 0; step++) {
+    const float d = vmax / (-127.f + 4.f * step);
+    double sxl = 0, sll = 0, err = 0;
+    for (int i = 0; i < 32; i++) {
+      const float l = kIq4Values[iq4_index(x[i] / d)];
+      sxl += (double)x[i] * l;
+      sll += (double)l * l;
+    }
+    const float dd = sll > 0 ? (float)(sxl / sll) : d;  // the least-squares scale for these indices
+    for (int i = 0; i < 32; i++) {
+      const float e = dd * kIq4Values[iq4_index(x[i] / dd)] - x[i];
+      err += (double)e * e;
+    }
+    if (err < best_err) {
+      best_err = (float)err;
+      best_d = dd;
+    }
+  }
+  for (int j = 0; j < 16; j++) {
+    const int lo = best_d != 0 ? iq4_index(x[j] / best_d) : 8, hi = best_d != 0 ? iq4_index(x[j + 16] / best_d) : 8;
+    qs[j] = (uint8_t)(lo | (hi << 4));
+  }
+  return best_d;
+}
+
+void quantize_iq4_nl(const float* x, block_iq4_nl* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, x += 32) {
+    y[b].d = f32_to_f16(fit_iq4(x, y[b].qs));
+    const float d = f16_to_f32(y[b].d);  // re-derive the indices against the stored scale
+    for (int j = 0; j < 16; j++)
+      y[b].qs[j] = d != 0 ? (uint8_t)(iq4_index(x[j] / d) | (iq4_index(x[j + 16] / d) << 4)) : 0x88;
+  }
+}
+
+void quantize_iq4_xs(const float* x, block_iq4_xs* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, x += QK_K) {
+    float s[8], max_abs = 0, max_s = 0;
+    for (int j = 0; j < 8; j++) {
+      s[j] = fit_iq4(x + 32 * j, y[b].qs + 16 * j);
+      if (std::fabs(s[j]) > max_abs) {
+        max_abs = std::fabs(s[j]);
+        max_s = s[j];
+      }
+    }
+    const float d = max_abs > 0 ? max_s / -32.f : 0.f;  // the largest sub-block scale maps to -32
+    y[b].d = f32_to_f16(d);
+    const float ds = f16_to_f32(y[b].d);
+    y[b].scales_h = 0;
+    std::memset(y[b].scales_l, 0, 4);
+    for (int j = 0; j < 8; j++) {
+      const int ls = ds != 0 ? clampi(round_int(s[j] / ds), -32, 31) + 32 : 32;
+      y[b].scales_l[j / 2] |= (uint8_t)((ls & 0xF) << (4 * (j % 2)));
+      y[b].scales_h |= (uint16_t)((ls >> 4) << (2 * j));
+      const float dl = ds * (ls - 32);
+      for (int i = 0; i < 16; i++) {
+        const float* xs = x + 32 * j;
+        y[b].qs[16 * j + i] = dl != 0 ? (uint8_t)(iq4_index(xs[i] / dl) | (iq4_index(xs[i + 16] / dl) << 4)) : 0x88;
+      }
+    }
+  }
+}
+
 void quantize_q8_K(const float* x, block_q8_K* y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++, x += QK_K) {
     float amax = 0;
@@ -343,6 +424,31 @@ void dequantize_q3_K(const block_q3_K* x, float* y, int64_t nb) {
       const int h = e / 128, j = (e % 128) / 32, l = e % 32;
       const int u = ((x[b].qs[32 * h + l] >> (2 * j)) & 3) | (((x[b].hmask[l] >> (4 * h + j)) & 1) << 2);
       *y++ = d * (q3k_scale(x[b].scales, e / 16) - 32) * (u - 4);
+    }
+  }
+}
+
+void dequantize_iq4_nl(const block_iq4_nl* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, y += 32) {
+    const float d = f16_to_f32(x[b].d);
+    for (int j = 0; j < 16; j++) {
+      y[j] = d * kIq4Values[x[b].qs[j] & 0xF];
+      y[j + 16] = d * kIq4Values[x[b].qs[j] >> 4];
+    }
+  }
+}
+
+void dequantize_iq4_xs(const block_iq4_xs* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++) {
+    const float d = f16_to_f32(x[b].d);
+    for (int j = 0; j < 8; j++, y += 32) {
+      const int ls = ((x[b].scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | (((x[b].scales_h >> (2 * j)) & 3) << 4);
+      const float dl = d * (ls - 32);
+      const uint8_t* qs = x[b].qs + 16 * j;
+      for (int i = 0; i < 16; i++) {
+        y[i] = dl * kIq4Values[qs[i] & 0xF];
+        y[i + 16] = dl * kIq4Values[qs[i] >> 4];
+      }
     }
   }
 }
@@ -418,6 +524,8 @@ void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n) {
     case GgmlType::Q4_K: dequantize_q4_K((const block_q4_K*)src, dst, nb); return;
     case GgmlType::Q5_K: dequantize_q5_K((const block_q5_K*)src, dst, nb); return;
     case GgmlType::Q6_K: dequantize_q6_K((const block_q6_K*)src, dst, nb); return;
+    case GgmlType::IQ4_NL: dequantize_iq4_nl((const block_iq4_nl*)src, dst, nb); return;
+    case GgmlType::IQ4_XS: dequantize_iq4_xs((const block_iq4_xs*)src, dst, nb); return;
     case GgmlType::Q8_K: {
       const block_q8_K* x = (const block_q8_K*)src;
       for (int64_t b = 0; b < nb; b++)
@@ -450,6 +558,8 @@ void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n) {
     case GgmlType::Q4_K: quantize_q4_K(src, (block_q4_K*)dst, nb); return;
     case GgmlType::Q5_K: quantize_q5_K(src, (block_q5_K*)dst, nb); return;
     case GgmlType::Q6_K: quantize_q6_K(src, (block_q6_K*)dst, nb); return;
+    case GgmlType::IQ4_NL: quantize_iq4_nl(src, (block_iq4_nl*)dst, nb); return;
+    case GgmlType::IQ4_XS: quantize_iq4_xs(src, (block_iq4_xs*)dst, nb); return;
     case GgmlType::Q8_K: quantize_q8_K(src, (block_q8_K*)dst, nb); return;
   }
   throw Error(strprintf("quantize: unsupported tensor type %s", ggml_type_name(type)));

@@ -70,6 +70,28 @@ struct block_q6_K {
 };
 static_assert(sizeof(block_q6_K) == 210, "q6_K block is 210 bytes");
 
+// The non-linear 4-bit grid of IQ4_NL and IQ4_XS: a 4-bit index selects one of these int8 values.
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// 32 weights: w = d * kIq4Values[index], indices laid out as Q4_0's nibbles (byte j: element j in
+// the low nibble, element j+16 in the high one)
+struct block_iq4_nl {
+  uint16_t d;
+  uint8_t qs[16];
+};
+static_assert(sizeof(block_iq4_nl) == 18, "iq4_nl block is 18 bytes");
+
+// 256 weights in 8 sub-blocks of 32: w = d * (ls[j] - 32) * kIq4Values[index], ls 6 bits (low 4
+// in nibble j%2 of scales_l[j/2], high 2 at bits 2j of scales_h); sub-block j's indices in
+// qs[16j..16j+16) as IQ4_NL's
+struct block_iq4_xs {
+  uint16_t d;
+  uint16_t scales_h;
+  uint8_t scales_l[4];
+  uint8_t qs[128];
+};
+static_assert(sizeof(block_iq4_xs) == 136, "iq4_xs block is 136 bytes");
+
 // Activation formats used by the integer dot products (never stored in files).
 struct block_q8_K {
   float d;
@@ -80,6 +102,6 @@ static_assert(sizeof(block_q8_K) == 292, "q8_K block is 292 bytes");
 
 // Reference routines (scalar, plain C++). n must be a multiple of the type's block size.
 void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n);
-void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // F32/F16/BF16/Q8_0/Q4_0/Q3_K/Q4_K/Q5_K/Q6_K/Q8_K
+void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n);  // every type above
 
 }  // namespace lkv

@@ -37,7 +37,7 @@ namespace {
 // but stable when a case has a single output that happens to be near zero.
 // Float weights: both sides use the same exact weights; only summation order differs (float vs
 // double accumulation over <= 2k terms): ~1e-7 relative.
-// Q8_0/Q4_0: the activations are rounded to 8 bits per block of 32: step amax/127 with amax about
+// Q8_0/Q4_0/IQ4: the activations are rounded to 8 bits per block of 32: step amax/127 with amax about
 // 2.5 sigma, rounding error step/sqrt(12) = 0.006 of x's RMS, passed on unchanged to the output.
 // Q3_K..Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
 // The maximum single error may be a few RMS: allowed 6x.
@@ -47,7 +47,9 @@ double matmul_budget(uint32_t type) {
     case GgmlType::F16:
     case GgmlType::BF16: return 2e-6;
     case GgmlType::Q8_0:
-    case GgmlType::Q4_0: return 1.0e-2;
+    case GgmlType::Q4_0:
+    case GgmlType::IQ4_NL:
+    case GgmlType::IQ4_XS: return 1.0e-2;
     case GgmlType::Q3_K:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
@@ -61,7 +63,8 @@ double matmul_budget(uint32_t type) {
 // Q8_0 amax(32)~2.5 sigma /127 -> 0.0057; Q8_K amax(256)~3.2 sigma/127 -> 0.0073;
 // Q4_0 amax/8 ~ 0.31 sigma -> 0.09; Q4_K (4 bit + min over 32, fitted) ~0.07-0.08; Q5_K (5 bit)
 // half of that, ~0.035-0.04; Q6_K (6 bit over 16, fitted) ~0.02; Q3_K (3 bit over 16, fitted)
-// ~0.15. Budgets are those with ~30% margin.
+// ~0.15; IQ4_NL/IQ4_XS (16-value non-linear grid, fitted scale per 32) ~0.075. Budgets are
+// those with ~30% margin.
 double roundtrip_budget(uint32_t type) {
   switch ((GgmlType)type) {
     case GgmlType::F32: return 0;
@@ -71,6 +74,8 @@ double roundtrip_budget(uint32_t type) {
     case GgmlType::Q8_K: return 1e-2;
     case GgmlType::Q4_0: return 0.12;
     case GgmlType::Q3_K: return 0.20;
+    case GgmlType::IQ4_NL:
+    case GgmlType::IQ4_XS: return 0.10;
     case GgmlType::Q4_K: return 0.10;
     case GgmlType::Q5_K: return 0.05;
     case GgmlType::Q6_K: return 0.03;
@@ -209,7 +214,7 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
   // quantization error the reference comparisons allow, so a token or row mixed up in either path
   // fails here even where it would hide in those
-  for (uint32_t type : {kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K}) {
+  for (uint32_t type : {kQ8_0, kQ4_0, kIQ4_NL, kIQ4_XS, kQ3_K, kQ4_K, kQ5_K, kQ6_K}) {
     for (int64_t cols : {2048, 16640}) {
       const int64_t rows = 11;
       const int n_tok = 9;
@@ -322,7 +327,7 @@ void test_errors(const Kernels& k) {
 // ---- quantizers ---------------------------------------------------------------------------
 
 void test_roundtrip() {
-  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kQ8_K}) {
+  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS, kQ8_K}) {
     const int64_t n = 8192;
     std::vector<float> x = gauss_vec(n, 0.7f), back(n);
     std::vector<uint8_t> q(ggml_row_bytes(type, n));
@@ -481,6 +486,43 @@ void test_layouts() {
     dequantize_row_ref(kQ3_K, &blk, got.data(), 256);
     bool ok = same_values(got, want, &why);
     report(ok, "layout/q3_K", ok ? "hand-packed qs/hmask, 6-bit signed scales" : why);
+  }
+  {  // IQ4_NL and IQ4_XS (as llama.cpp's dequantize_row_iq4_nl/_xs read them): the grid
+     // -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113; element i of a 32-block has
+     // index (5i + 3) % 16 (byte i%16, low nibble for i < 16). IQ4_NL: d = 0.25. IQ4_XS: d = 0.5,
+     // sub-block j's 6-bit scale 7j + 5 (value 7j - 27): low 4 bits in nibble j%2 of scales_l[j/2],
+     // top 2 at bits 2j of scales_h.
+    const int grid[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    block_iq4_nl nl;
+    nl.d = 0x3400;
+    std::memset(nl.qs, 0, sizeof nl.qs);
+    std::vector<float> want(32), got(32);
+    for (int i = 0; i < 32; i++) {
+      const int idx = (5 * i + 3) % 16;
+      nl.qs[i % 16] |= (uint8_t)(idx << (i < 16 ? 0 : 4));
+      want[i] = 0.25f * grid[idx];
+    }
+    dequantize_row_ref(kIQ4_NL, &nl, got.data(), 32);
+    bool ok = same_values(got, want, &why);
+    report(ok, "layout/iq4_nl", ok ? "hand-packed indices into the non-linear grid" : why);
+    block_iq4_xs xs;
+    std::memset(&xs, 0, sizeof xs);
+    xs.d = 0x3800;
+    want.assign(256, 0.f);
+    got.assign(256, 0.f);
+    for (int j = 0; j < 8; j++) {
+      const int ls = 7 * j + 5;
+      xs.scales_l[j / 2] |= (uint8_t)((ls & 0xF) << (4 * (j % 2)));
+      xs.scales_h |= (uint16_t)((ls >> 4) << (2 * j));
+      for (int i = 0; i < 32; i++) {
+        const int idx = (5 * i + 3 + j) % 16;
+        xs.qs[16 * j + i % 16] |= (uint8_t)(idx << (i < 16 ? 0 : 4));
+        want[32 * j + i] = 0.5f * (ls - 32) * grid[idx];
+      }
+    }
+    dequantize_row_ref(kIQ4_XS, &xs, got.data(), 256);
+    ok = same_values(got, want, &why);
+    report(ok, "layout/iq4_xs", ok ? "hand-packed 6-bit scales and indices, all 8 sub-blocks" : why);
   }
   {  // the quantizers produce what the dequantizers read: Q6_K / Q4_K of a ramp
     std::vector<float> x(256), back(256);

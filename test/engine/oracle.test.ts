@@ -45,7 +45,8 @@ for (const [name, opts] of shapes) {
   });
 }
 
-const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q3_k_m', 'q4_k_m', 'q5_k_m'] as const;
+// (iq4_xs has its own case below: llama.cpp rounds its activations coarser there)
+const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'q3_k_m', 'q4_k_m', 'q5_k_m'] as const;
 for (const type of types) {
   test(`${type} weights match llama.cpp (KL <= 1e-3, same argmax)`, async () => {
     // a larger output scale gives a clear argmax to compare
@@ -54,6 +55,44 @@ for (const type of types) {
     assert.equal(d.argmaxB, d.argmaxA, `argmax ${d.argmaxB} vs llama.cpp ${d.argmaxA}`);
   });
 }
+
+// Both engines against the same model evaluated without quantized arithmetic (the file's weights
+// dequantized to F32, f32 KV): how much of a difference between them each side owns.
+async function againstDequantized(type: SynthOptions['type']) {
+  const opts: SynthOptions = { type, outputScale: 4, tied: false };
+  const file = await testModel(opts);
+  const exact = await testModel({ ...opts, dequantized: true });
+  const model = await Model.load(file, { threads: 2 });
+  const ref = await Model.load(exact, { threads: 2 });
+  try {
+    const tokens = model.tokenize(PROMPT, { addBos: true });
+    const run = async (m: Model) => {
+      const s = m.createSession({ nCtx: tokens.length + 8, kv: 'f32' });
+      const lp = logSoftmax((await s.prefill(tokens))!);
+      s.dispose();
+      return lp;
+    };
+    const truth = await run(ref);
+    const ours = compareLogProbs(truth, await run(model));
+    const theirs = compareLogProbs(truth, await llamaCppLogProbs(file, tokens, 'F32'));
+    return { ours, theirs };
+  } finally {
+    model.dispose();
+    ref.dispose();
+  }
+}
+
+// IQ4_XS: llama.cpp multiplies it with activations rounded to 8 bits per 256 values (Q8_K),
+// llamakv per 32, so the two differ by both roundings (KL ~2e-3 on this model); each is held to
+// the same model evaluated exactly instead: llamakv within 1e-3 and no further than llama.cpp.
+test('iq4_xs weights: llamakv is within 1e-3 of the dequantized model and closer to it than llama.cpp', async () => {
+  const { ours, theirs } = await againstDequantized('iq4_xs');
+  console.log(`iq4_xs vs its dequantized f32 model: llamakv KL ${ours.kl.toExponential(2)}, llama.cpp KL ${theirs.kl.toExponential(2)}`);
+  assert.ok(ours.kl <= 1e-3, `llamakv KL = ${ours.kl}`);
+  assert.ok(ours.kl <= theirs.kl, `llamakv KL ${ours.kl} > llama.cpp's ${theirs.kl}`);
+  assert.equal(ours.argmaxB, ours.argmaxA);
+  assert.equal(theirs.argmaxB, theirs.argmaxA);
+});
 
 test('f16 KV cache matches llama.cpp with f16 KV', async () => {
   const d = await compare({ type: 'f32' }, 'f16');

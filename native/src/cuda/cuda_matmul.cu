@@ -20,7 +20,9 @@ size_t dev_q_row_bytes(uint32_t type, int64_t cols) {
     case GgmlType::F16:
     case GgmlType::BF16: return (size_t)cols * 2;
     case GgmlType::Q8_0: return (size_t)cols;
-    case GgmlType::Q4_0: return (size_t)cols / 2;
+    case GgmlType::Q4_0:
+    case GgmlType::IQ4_NL: return (size_t)cols / 2;
+    case GgmlType::IQ4_XS: return (size_t)(cols / QK_K) * kIQ4XSDeviceBlock;
     case GgmlType::Q3_K: return (size_t)(cols / QK_K) * kQ3KDeviceBlock;
     case GgmlType::Q4_K: return (size_t)(cols / QK_K) * sizeof(block_q4_K);
     case GgmlType::Q5_K: return (size_t)(cols / QK_K) * sizeof(block_q5_K);
@@ -30,7 +32,8 @@ size_t dev_q_row_bytes(uint32_t type, int64_t cols) {
 }
 
 size_t dev_d_row_bytes(uint32_t type, int64_t cols) {
-  return (type == (uint32_t)GgmlType::Q8_0 || type == (uint32_t)GgmlType::Q4_0) ? (size_t)(cols / 32) * 2 : 0;
+  const GgmlType t = (GgmlType)type;
+  return (t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::IQ4_NL) ? (size_t)(cols / 32) * 2 : 0;
 }
 
 void check_dev_matrix_shape(const WeightView& W, const char* what) {
@@ -67,6 +70,7 @@ void repack_rows(const WeightView& W, int64_t r0, int64_t nr, uint8_t* q_out, ui
         }
         break;
       case GgmlType::Q4_0:  // [d | 16 bytes of nibbles] blocks -> nibble row + d row
+      case GgmlType::IQ4_NL:
         for (int64_t b = 0; b < nb32; b++) {
           std::memcpy(q + 16 * b, src + b * sizeof(block_q4_0) + 2, 16);
           std::memcpy(d + 2 * b, src + b * sizeof(block_q4_0), 2);
@@ -77,6 +81,9 @@ void repack_rows(const WeightView& W, int64_t r0, int64_t nr, uint8_t* q_out, ui
         break;
       case GgmlType::Q3_K:  // 110-byte blocks at a 112-byte stride
         pad_blocks(src, nbk, sizeof(block_q3_K), kQ3KDeviceBlock, q);
+        break;
+      case GgmlType::IQ4_XS:  // 136-byte blocks at a 144-byte stride
+        pad_blocks(src, nbk, sizeof(block_iq4_xs), kIQ4XSDeviceBlock, q);
         break;
       default:  // F32, F16, BF16, Q4_K, Q5_K: as in the file
         std::memcpy(q, src, qrb);

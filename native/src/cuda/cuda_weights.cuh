@@ -1,8 +1,9 @@
 // cuda_weights.cuh — weight matrices on the device and the one decoder every kernel reads them
 // with. The bytes are the file's quantized blocks (quant.h), rearranged only so that every load
-// is aligned: Q8_0 and Q4_0 split into a value array and an f16 scale array (their 34- and
-// 18-byte blocks are only 2-byte aligned), Q6_K blocks padded from 210 to 224 bytes and Q3_K
-// from 110 to 112; Q4_K (144 bytes), Q5_K (176), F16, BF16 and F32 rows are copied as they are.
+// is aligned: Q8_0, Q4_0 and IQ4_NL split into a value array and an f16 scale array (their 34-
+// and 18-byte blocks are only 2-byte aligned), Q6_K blocks padded from 210 to 224 bytes, Q3_K
+// from 110 to 112 and IQ4_XS from 136 to 144; Q4_K (144 bytes), Q5_K (176), F16, BF16 and F32
+// rows are copied as they are.
 #pragma once
 
 #include <type_traits>
@@ -15,13 +16,14 @@ namespace lkv {
 
 constexpr int kQ6KDeviceBlock = 224;  // block_q6_K (210 bytes) padded to a multiple of 16
 constexpr int kQ3KDeviceBlock = 112;  // block_q3_K (110 bytes) padded to a multiple of 16
+constexpr int kIQ4XSDeviceBlock = 144;  // block_iq4_xs (136 bytes) padded to a multiple of 16
 
 struct DevMatrix {
   uint32_t type = 0;           // GgmlType
   int rows = 0, cols = 0;      // cols: a multiple of 32 (256 for the K formats)
   const uint8_t* q = nullptr;  // row r at q + r * q_stride (16-byte aligned)
   size_t q_stride = 0;
-  const uint16_t* d = nullptr; // Q8_0/Q4_0: f16 scale of each 32 values, row r at d + r * cols/32
+  const uint16_t* d = nullptr; // Q8_0/Q4_0/IQ4_NL: f16 scale of each 32 values, row r at d + r * cols/32
 };
 
 // Device bytes of one row in each array (0 for d when the type has none).
@@ -61,6 +63,12 @@ __host__ __device__ __forceinline__ void q4k_scale_min_dev(int j, const uint8_t*
 
 // v[0..8) = W[row][c .. c+8), c a multiple of 8. Products are rounded as quant.cpp's reference
 // dequantizer rounds them (mul_rn stops contraction into FMAs), so values match it exactly.
+// kIq4Values[i] (quant.h) without a table in memory: the 16 int8 values packed 4 to a word.
+__host__ __device__ __forceinline__ float iq4_value(uint32_t i) {
+  const uint32_t w = i < 8 ? (i < 4 ? 0xBFAD9881u : 0xF6EADDCFu) : (i < 12 ? 0x26190D01u : 0x71594535u);
+  return (float)(int8_t)(uint8_t)(w >> (8 * (i & 3)));
+}
+
 template <uint32_t T>
 __host__ __device__ __forceinline__ void dequant8(const DevMatrix& W, int row, int c, float* v) {
   const uint8_t* r = W.q + (size_t)row * W.q_stride;
@@ -90,16 +98,31 @@ __host__ __device__ __forceinline__ void dequant8(const DevMatrix& W, int row, i
     i8x4_to_f32(u.y, v + 4);
 #pragma unroll
     for (int k = 0; k < 8; k++) v[k] = mul_rn(d, v[k]);
-  } else if constexpr (T == (uint32_t)GgmlType::Q4_0) {
-    // block b: 16 bytes; element j < 16 is the low nibble of byte j, element j+16 the high one
+  } else if constexpr (T == (uint32_t)GgmlType::Q4_0 || T == (uint32_t)GgmlType::IQ4_NL) {
+    // block b: 16 bytes; element j < 16 is the low nibble of byte j, element j+16 the high one;
+    // Q4_0's weight is d * (nibble - 8), IQ4_NL's d * kIq4Values[nibble]
     const int b = c / 32, w = c % 32;
     const uint2 u = *(const uint2*)(r + b * 16 + (w & 15));
     const int shift = w >= 16 ? 4 : 0;
     const float d = f16_bits_to_f32(W.d[(size_t)row * (W.cols / 32) + b]);
 #pragma unroll
     for (int k = 0; k < 8; k++) {
+      const uint32_t word = k < 4 ? u.x : u.y, nib = (word >> (8 * (k & 3) + shift)) & 0xF;
+      v[k] = mul_rn(d, T == (uint32_t)GgmlType::Q4_0 ? small_int_f32(nib, 8.0f) : iq4_value(nib));
+    }
+  } else if constexpr (T == (uint32_t)GgmlType::IQ4_XS) {
+    // sub-block j = (c%256)/32: scale d * (ls - 32) (ls: nibble j%2 of scales_l[j/2], bits 2j of
+    // scales_h), indices in qs[16j..] as IQ4_NL's
+    const uint8_t* blk = r + (size_t)(c / 256) * kIQ4XSDeviceBlock;
+    const int j = (c % 256) / 32, w = c % 32;
+    const int ls = ((blk[4 + j / 2] >> (4 * (j % 2))) & 0xF) | (((*(const uint16_t*)(blk + 2) >> (2 * j)) & 3) << 4);
+    const float dl = mul_rn(f16_bits_to_f32(*(const uint16_t*)blk), (float)(ls - 32));
+    const uint2 u = *(const uint2*)(blk + 8 + 16 * j + (w & 15));
+    const int shift = w >= 16 ? 4 : 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
       const uint32_t word = k < 4 ? u.x : u.y;
-      v[k] = mul_rn(d, small_int_f32((word >> (8 * (k & 3) + shift)) & 0xF, 8.0f));
+      v[k] = mul_rn(dl, iq4_value((word >> (8 * (k & 3) + shift)) & 0xF));
     }
   } else if constexpr (T == (uint32_t)GgmlType::Q4_K) {
     // 256 values: 4 groups of 64 over 32 bytes each; low nibbles are sub-block 2g, high 2g+1
@@ -182,6 +205,8 @@ void dispatch_type(uint32_t type, F&& f) {
     case G::Q4_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_K>{}); return;
     case G::Q5_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q5_K>{}); return;
     case G::Q6_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q6_K>{}); return;
+    case G::IQ4_NL: f(std::integral_constant<uint32_t, (uint32_t)G::IQ4_NL>{}); return;
+    case G::IQ4_XS: f(std::integral_constant<uint32_t, (uint32_t)G::IQ4_XS>{}); return;
     default: break;
   }
   throw Error(strprintf("CUDA backend: weight type %s is not supported", ggml_type_name(type)));
