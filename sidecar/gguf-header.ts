@@ -271,7 +271,7 @@ export function inspectGguf(file: string): GgufSummary {
 }
 
 /** The tensor types the engine reads (native/src/model.cpp's matrix_type_ok, plus f32 for norms). */
-export const ENGINE_TENSOR_TYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs'];
+export const ENGINE_TENSOR_TYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs'];
 
 /**
  * Why llamakv cannot run this model, or null when it can: the engine runs architecture `llama`
@@ -287,8 +287,8 @@ export function unsupportedReason(s: GgufSummary): string | null {
   const other = s.weightTypes.filter((t) => !ENGINE_TENSOR_TYPES.includes(t));
   if (other.length) {
     return `weight type${other.length > 1 ? 's' : ''} ${other.join(', ')} ${other.length > 1 ? 'are' : 'is'} not supported: llamakv reads ` +
-      'F32, F16, BF16, Q8_0, Q4_0, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS weights (files quantized as Q8_0, Q6_K, Q5_K_M/S, ' +
-      'Q4_K_M/S, Q4_0, IQ4_XS/NL or Q3_K_S/M/L; not Q2_K, Q4_1/Q5_0/Q5_1 or the IQ1-IQ3 formats)';
+      'F32, F16, BF16, Q8_0, Q4_0, Q2_K-Q6_K, IQ4_NL and IQ4_XS weights (files quantized as Q8_0, Q6_K, Q5_K_M/S, ' +
+      'Q4_K_M/S, Q4_0, IQ4_XS/NL, Q3_K_S/M/L or Q2_K; not Q4_1/Q5_0/Q5_1 or the IQ1-IQ3 formats)';
   }
   return null;
 }

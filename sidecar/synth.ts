@@ -8,7 +8,7 @@ import { GGML_BLOCK, GgmlTypeName, GgufMeta, meta, TensorSpec, writeGguf } from 
 export type WeightTypeName = GgmlTypeName | 'q3_k_m' | 'q4_k_m' | 'q5_k_m';
 /** Every weight type `model synth` and the benchmark can generate. */
 export const WEIGHT_TYPES: readonly WeightTypeName[] = [
-  'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'q3_k_m', 'q4_k_m', 'q5_k_m',
+  'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'iq4_xs', 'q3_k_m', 'q4_k_m', 'q5_k_m',
 ];
 
 export interface SynthOptions {

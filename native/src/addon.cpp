@@ -77,7 +77,7 @@ Napi::Value run_async(Napi::Env env, Napi::Value callback, const char* name,
 std::string type_from_name(const std::string& s, uint32_t* out) {
   static const std::pair<const char*, GgmlType> names[] = {
       {"f32", GgmlType::F32},  {"f16", GgmlType::F16},  {"bf16", GgmlType::BF16}, {"q8_0", GgmlType::Q8_0},
-      {"q4_0", GgmlType::Q4_0}, {"q3_k", GgmlType::Q3_K}, {"q3_K", GgmlType::Q3_K}, {"q4_k", GgmlType::Q4_K},
+      {"q4_0", GgmlType::Q4_0}, {"q2_k", GgmlType::Q2_K}, {"q2_K", GgmlType::Q2_K}, {"q3_k", GgmlType::Q3_K}, {"q3_K", GgmlType::Q3_K}, {"q4_k", GgmlType::Q4_K},
       {"q4_K", GgmlType::Q4_K}, {"q5_k", GgmlType::Q5_K}, {"q5_K", GgmlType::Q5_K}, {"q6_k", GgmlType::Q6_K},
       {"q6_K", GgmlType::Q6_K}, {"iq4_nl", GgmlType::IQ4_NL}, {"iq4_xs", GgmlType::IQ4_XS}};
   for (auto& n : names)
@@ -85,7 +85,7 @@ std::string type_from_name(const std::string& s, uint32_t* out) {
       *out = (uint32_t)n.second;
       return "";
     }
-  return "unknown tensor type '" + s + "' (f32, f16, bf16, q8_0, q4_0, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)";
+  return "unknown tensor type '" + s + "' (f32, f16, bf16, q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)";
 }
 
 Napi::Object kv_stats_object(Napi::Env env, const KvStats& st) {

@@ -20,6 +20,7 @@ enum class GgmlType : uint32_t {
   F16 = 1,
   Q4_0 = 2,
   Q8_0 = 8,
+  Q2_K = 10,
   Q3_K = 11,
   Q4_K = 12,
   Q5_K = 13,

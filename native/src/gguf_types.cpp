@@ -21,6 +21,7 @@ bool type_info(uint32_t type, TypeInfo* out) {
     case GgmlType::BF16: *out = {1, 2, "bf16", true}; return true;
     case GgmlType::Q8_0: *out = {32, 34, "q8_0", true}; return true;
     case GgmlType::Q4_0: *out = {32, 18, "q4_0", true}; return true;
+    case GgmlType::Q2_K: *out = {256, 84, "q2_K", true}; return true;
     case GgmlType::Q3_K: *out = {256, 110, "q3_K", true}; return true;
     case GgmlType::Q4_K: *out = {256, 144, "q4_K", true}; return true;
     case GgmlType::Q5_K: *out = {256, 176, "q5_K", true}; return true;

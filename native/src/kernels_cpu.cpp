@@ -91,7 +91,8 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
   if (W.rows == 0 || n_tok == 0) return;
   const GgmlType type = (GgmlType)W.type;
   const bool q8 = type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::IQ4_NL || type == GgmlType::IQ4_XS;
-  const bool qk = type == GgmlType::Q3_K || type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+  const bool qk = type == GgmlType::Q2_K || type == GgmlType::Q3_K || type == GgmlType::Q4_K || type == GgmlType::Q5_K ||
+                  type == GgmlType::Q6_K;
   const int n_threads = pool ? pool->size() : 1;
 
   // 1. quantize the activations once (the integer paths), split over tokens

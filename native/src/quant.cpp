@@ -156,38 +156,55 @@ void quantize_q4_0(const float* x, block_q4_0* y, int64_t nb) {
   }
 }
 
-// Q4_K and Q5_K: per 256-value super-block, an affine fit of each 32-value sub-block (values
-// 0..nmax), 6-bit scales and mins against f16 d and dmin, then the values re-derived against the
-// scales as stored: L[256], packed scales, d and dmin.
-void quantize_k_affine(const float* x, int nmax, uint8_t* L, uint8_t* scales, uint16_t* d16, uint16_t* dmin16) {
-  float scale[8], mn[8], w[32];
+// Q2_K, Q4_K and Q5_K: per 256-value super-block, an affine fit of each of its nsub sub-blocks
+// (values 0..nmax), their scales and mins as integers 0..smax against f16 d and dmin, then the
+// values re-derived against the scales as stored: L[256], sc[nsub], m[nsub], d and dmin.
+void fit_k_affine(const float* x, int nsub, int nmax, int smax, uint8_t* L, int* sc, int* m, uint16_t* d16, uint16_t* dmin16) {
+  const int len = QK_K / nsub;
+  float scale[16], mn[16], w[32];
   float max_scale = 0, max_mn = 0;
-  for (int j = 0; j < 8; j++) {
-    const float* xs = x + 32 * j;
+  for (int j = 0; j < nsub; j++) {
+    const float* xs = x + len * j;
     float s2 = 0;
-    for (int i = 0; i < 32; i++) s2 += xs[i] * xs[i];
-    float rms = std::sqrt(s2 / 32);
-    for (int i = 0; i < 32; i++) w[i] = rms + std::fabs(xs[i]);
-    scale[j] = fit_affine(xs, w, 32, nmax, &mn[j]);
+    for (int i = 0; i < len; i++) s2 += xs[i] * xs[i];
+    float rms = std::sqrt(s2 / len);
+    for (int i = 0; i < len; i++) w[i] = rms + std::fabs(xs[i]);
+    scale[j] = fit_affine(xs, w, len, nmax, &mn[j]);
     max_scale = std::fmax(max_scale, scale[j]);
     max_mn = std::fmax(max_mn, mn[j]);
   }
-  // 6-bit scales and mins relative to the block's largest (d and dmin in f16)
-  float isc = max_scale > 0 ? 63.f / max_scale : 0.f;
-  float imn = max_mn > 0 ? 63.f / max_mn : 0.f;
-  int sc[8], m[8];
-  for (int j = 0; j < 8; j++) {
-    sc[j] = clampi(round_int(isc * scale[j]), 0, 63);
-    m[j] = clampi(round_int(imn * mn[j]), 0, 63);
+  // scales and mins relative to the block's largest (d and dmin in f16)
+  float isc = max_scale > 0 ? smax / max_scale : 0.f;
+  float imn = max_mn > 0 ? smax / max_mn : 0.f;
+  for (int j = 0; j < nsub; j++) {
+    sc[j] = clampi(round_int(isc * scale[j]), 0, smax);
+    m[j] = clampi(round_int(imn * mn[j]), 0, smax);
   }
-  q4k_pack_scales(sc, m, scales);
-  *d16 = f32_to_f16(max_scale / 63.f);
-  *dmin16 = f32_to_f16(max_mn / 63.f);
+  *d16 = f32_to_f16(max_scale / smax);
+  *dmin16 = f32_to_f16(max_mn / smax);
   float d = f16_to_f32(*d16), dmin = f16_to_f32(*dmin16);
-  for (int j = 0; j < 8; j++) {
+  for (int j = 0; j < nsub; j++) {
     float ds = d * sc[j], dm = dmin * m[j];
-    for (int i = 0; i < 32; i++)
-      L[32 * j + i] = ds > 0 ? (uint8_t)clampi(round_int((x[32 * j + i] + dm) / ds), 0, nmax) : 0;
+    for (int i = 0; i < len; i++)
+      L[len * j + i] = ds > 0 ? (uint8_t)clampi(round_int((x[len * j + i] + dm) / ds), 0, nmax) : 0;
+  }
+}
+
+// Q4_K and Q5_K: 8 sub-blocks of 32, 6-bit scales and mins packed as q4k_pack_scales does.
+void quantize_k_affine(const float* x, int nmax, uint8_t* L, uint8_t* scales, uint16_t* d16, uint16_t* dmin16) {
+  int sc[8], m[8];
+  fit_k_affine(x, 8, nmax, 63, L, sc, m, d16, dmin16);
+  q4k_pack_scales(sc, m, scales);
+}
+
+void quantize_q2_K(const float* x, block_q2_K* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, x += QK_K) {
+    uint8_t L[QK_K];
+    int sc[16], m[16];
+    fit_k_affine(x, 16, 3, 15, L, sc, m, &y[b].d, &y[b].dmin);
+    for (int j = 0; j < 16; j++) y[b].scales[j] = (uint8_t)(sc[j] | (m[j] << 4));
+    std::memset(y[b].qs, 0, sizeof y[b].qs);
+    for (int e = 0; e < QK_K; e++) y[b].qs[32 * (e / 128) + e % 32] |= (uint8_t)(L[e] << (2 * ((e % 128) / 32)));
   }
 }
 
@@ -417,6 +434,17 @@ void dequantize_q5_K(const block_q5_K* x, float* y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++) dequantize_k_affine(x[b].d, x[b].dmin, x[b].scales, x[b].qs, x[b].qh, y + b * QK_K);
 }
 
+void dequantize_q2_K(const block_q2_K* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++) {
+    const float d = f16_to_f32(x[b].d), dmin = f16_to_f32(x[b].dmin);
+    for (int e = 0; e < QK_K; e++) {
+      const int q = (x[b].qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+      const uint8_t sc = x[b].scales[e / 16];
+      *y++ = d * (sc & 0xF) * q - dmin * (sc >> 4);
+    }
+  }
+}
+
 void dequantize_q3_K(const block_q3_K* x, float* y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++) {
     const float d = f16_to_f32(x[b].d);
@@ -520,6 +548,7 @@ void dequantize_row_ref(uint32_t type, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case GgmlType::Q2_K: dequantize_q2_K((const block_q2_K*)src, dst, nb); return;
     case GgmlType::Q3_K: dequantize_q3_K((const block_q3_K*)src, dst, nb); return;
     case GgmlType::Q4_K: dequantize_q4_K((const block_q4_K*)src, dst, nb); return;
     case GgmlType::Q5_K: dequantize_q5_K((const block_q5_K*)src, dst, nb); return;
@@ -554,6 +583,7 @@ void quantize_row_ref(uint32_t type, const float* src, void* dst, int64_t n) {
     }
     case GgmlType::Q8_0: quantize_q8_0(src, (block_q8_0*)dst, nb); return;
     case GgmlType::Q4_0: quantize_q4_0(src, (block_q4_0*)dst, nb); return;
+    case GgmlType::Q2_K: quantize_q2_K(src, (block_q2_K*)dst, nb); return;
     case GgmlType::Q3_K: quantize_q3_K(src, (block_q3_K*)dst, nb); return;
     case GgmlType::Q4_K: quantize_q4_K(src, (block_q4_K*)dst, nb); return;
     case GgmlType::Q5_K: quantize_q5_K(src, (block_q5_K*)dst, nb); return;

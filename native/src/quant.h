@@ -37,6 +37,16 @@ struct block_q4_K {
 };
 static_assert(sizeof(block_q4_K) == 144, "q4_K block is 144 bytes");
 
+// 256 weights in 16 sub-blocks of 16: w = d * (scales[j] & 15) * q - dmin * (scales[j] >> 4),
+// q = 2 bits: element e (h = e/128, j = (e%128)/32, l = e%32) at bits 2j of qs[32h + l]
+struct block_q2_K {
+  uint8_t scales[QK_K / 16];
+  uint8_t qs[QK_K / 4];
+  uint16_t d;
+  uint16_t dmin;
+};
+static_assert(sizeof(block_q2_K) == 84, "q2_K block is 84 bytes");
+
 // 256 weights in 16 sub-blocks of 16: w = d * (sc[j] - 32) * (q - 4), q = 3 bits: element e (half
 // h = e/128, j = (e%128)/32, l = e%32) has its low 2 bits at bits 2j of qs[32h + l] and its third
 // at bit 4h + j of hmask[l]; the 16 6-bit scales are packed in 12 bytes: the low 4 bits of

@@ -39,7 +39,7 @@ namespace {
 // double accumulation over <= 2k terms): ~1e-7 relative.
 // Q8_0/Q4_0/IQ4: the activations are rounded to 8 bits per block of 32: step amax/127 with amax about
 // 2.5 sigma, rounding error step/sqrt(12) = 0.006 of x's RMS, passed on unchanged to the output.
-// Q3_K..Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
+// Q2_K..Q6_K: Q8_K activations, one scale per 256 (amax about 3.2 sigma): 0.0075.
 // The maximum single error may be a few RMS: allowed 6x.
 double matmul_budget(uint32_t type) {
   switch ((GgmlType)type) {
@@ -50,6 +50,7 @@ double matmul_budget(uint32_t type) {
     case GgmlType::Q4_0:
     case GgmlType::IQ4_NL:
     case GgmlType::IQ4_XS: return 1.0e-2;
+    case GgmlType::Q2_K:
     case GgmlType::Q3_K:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
@@ -63,7 +64,7 @@ double matmul_budget(uint32_t type) {
 // Q8_0 amax(32)~2.5 sigma /127 -> 0.0057; Q8_K amax(256)~3.2 sigma/127 -> 0.0073;
 // Q4_0 amax/8 ~ 0.31 sigma -> 0.09; Q4_K (4 bit + min over 32, fitted) ~0.07-0.08; Q5_K (5 bit)
 // half of that, ~0.035-0.04; Q6_K (6 bit over 16, fitted) ~0.02; Q3_K (3 bit over 16, fitted)
-// ~0.15; IQ4_NL/IQ4_XS (16-value non-linear grid, fitted scale per 32) ~0.075. Budgets are
+// ~0.15; Q2_K (2 bit + min over 16, 4-bit scales) ~0.28; IQ4_NL/IQ4_XS (16-value non-linear grid, fitted scale per 32) ~0.075. Budgets are
 // those with ~30% margin.
 double roundtrip_budget(uint32_t type) {
   switch ((GgmlType)type) {
@@ -73,6 +74,7 @@ double roundtrip_budget(uint32_t type) {
     case GgmlType::Q8_0: return 8e-3;
     case GgmlType::Q8_K: return 1e-2;
     case GgmlType::Q4_0: return 0.12;
+    case GgmlType::Q2_K: return 0.36;
     case GgmlType::Q3_K: return 0.20;
     case GgmlType::IQ4_NL:
     case GgmlType::IQ4_XS: return 0.10;
@@ -214,7 +216,7 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
   // quantization error the reference comparisons allow, so a token or row mixed up in either path
   // fails here even where it would hide in those
-  for (uint32_t type : {kQ8_0, kQ4_0, kIQ4_NL, kIQ4_XS, kQ3_K, kQ4_K, kQ5_K, kQ6_K}) {
+  for (uint32_t type : {kQ8_0, kQ4_0, kIQ4_NL, kIQ4_XS, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K}) {
     for (int64_t cols : {2048, 16640}) {
       const int64_t rows = 11;
       const int n_tok = 9;
@@ -327,7 +329,7 @@ void test_errors(const Kernels& k) {
 // ---- quantizers ---------------------------------------------------------------------------
 
 void test_roundtrip() {
-  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS, kQ8_K}) {
+  for (uint32_t type : {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS, kQ8_K}) {
     const int64_t n = 8192;
     std::vector<float> x = gauss_vec(n, 0.7f), back(n);
     std::vector<uint8_t> q(ggml_row_bytes(type, n));
@@ -486,6 +488,24 @@ void test_layouts() {
     dequantize_row_ref(kQ3_K, &blk, got.data(), 256);
     bool ok = same_values(got, want, &why);
     report(ok, "layout/q3_K", ok ? "hand-packed qs/hmask, 6-bit signed scales" : why);
+  }
+  {  // Q2_K (as llama.cpp's dequantize_row_q2_K reads it): d = 0.5, dmin = 0.25, sub-block s's
+     // scale s % 16 (low nibble) and min 15 - s (high nibble), element e's value (7e + 2) % 4 at
+     // bits 2j of qs[32h + l] (h = e/128, j = (e%128)/32, l = e%32)
+    block_q2_K blk;
+    std::memset(&blk, 0, sizeof blk);
+    blk.d = 0x3800;
+    blk.dmin = 0x3400;
+    for (int s = 0; s < 16; s++) blk.scales[s] = (uint8_t)(s | ((15 - s) << 4));
+    std::vector<float> want(256), got(256);
+    for (int e = 0; e < 256; e++) {
+      const int q = (7 * e + 2) % 4, s = e / 16;
+      blk.qs[32 * (e / 128) + e % 32] |= (uint8_t)(q << (2 * ((e % 128) / 32)));
+      want[e] = 0.5f * s * q - 0.25f * (15 - s);
+    }
+    dequantize_row_ref(kQ2_K, &blk, got.data(), 256);
+    bool ok = same_values(got, want, &why);
+    report(ok, "layout/q2_K", ok ? "hand-packed 2-bit values, 4-bit scales and mins" : why);
   }
   {  // IQ4_NL and IQ4_XS (as llama.cpp's dequantize_row_iq4_nl/_xs read them): the grid
      // -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113; element i of a 32-block has

@@ -37,10 +37,10 @@ inline std::vector<float> gauss_vec(size_t n, float scale = 1.f) {
 
 using lkv::GgmlType;
 constexpr uint32_t kF32 = (uint32_t)GgmlType::F32, kF16 = (uint32_t)GgmlType::F16, kBF16 = (uint32_t)GgmlType::BF16,
-                   kQ8_0 = (uint32_t)GgmlType::Q8_0, kQ4_0 = (uint32_t)GgmlType::Q4_0, kQ3_K = (uint32_t)GgmlType::Q3_K, kQ4_K = (uint32_t)GgmlType::Q4_K,
+                   kQ8_0 = (uint32_t)GgmlType::Q8_0, kQ4_0 = (uint32_t)GgmlType::Q4_0, kQ2_K = (uint32_t)GgmlType::Q2_K, kQ3_K = (uint32_t)GgmlType::Q3_K, kQ4_K = (uint32_t)GgmlType::Q4_K,
                    kQ5_K = (uint32_t)GgmlType::Q5_K, kQ6_K = (uint32_t)GgmlType::Q6_K, kQ8_K = (uint32_t)GgmlType::Q8_K,
                    kIQ4_NL = (uint32_t)GgmlType::IQ4_NL, kIQ4_XS = (uint32_t)GgmlType::IQ4_XS;
-constexpr uint32_t kWeightTypes[] = {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS};
+constexpr uint32_t kWeightTypes[] = {kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS};
 
 // A random weight matrix: either quantized Gaussian data, or (raw) random bytes with sane scale
 // fields, which reach every bit pattern of the values (e.g. q8_0's -128, all 6-bit scales).
@@ -70,6 +70,10 @@ inline std::vector<uint8_t> make_weights(uint32_t type, int64_t rows, int64_t co
         break;
       case GgmlType::Q6_K: h = half(-0.0002f, 0.0002f); std::memcpy(blk + 208, &h, 2); break;
       case GgmlType::Q3_K: h = half(-0.002f, 0.002f); std::memcpy(blk + 108, &h, 2); break;
+      case GgmlType::Q2_K:
+        h = half(0, 0.002f); std::memcpy(blk + 80, &h, 2);
+        h = half(0, 0.002f); std::memcpy(blk + 82, &h, 2);
+        break;
       case GgmlType::IQ4_NL: h = half(-0.002f, 0.002f); std::memcpy(blk, &h, 2); break;
       case GgmlType::IQ4_XS: h = half(-0.0001f, 0.0001f); std::memcpy(blk, &h, 2); break;
       default: break;

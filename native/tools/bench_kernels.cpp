@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
   const Kernels* k = isa.empty() ? &kernels_best() : kernels_for(isa.c_str());
   if (!k) { std::fprintf(stderr, "isa %s not available\n", isa.c_str()); return 2; }
   uint32_t type = 0;
-  for (uint32_t t : {0u, 1u, 30u, 8u, 2u, 11u, 12u, 13u, 14u})
+  for (uint32_t t : {0u, 1u, 30u, 8u, 2u, 10u, 11u, 12u, 13u, 14u, 20u, 23u})
     if (type_name == ggml_type_name(t)) type = t;
   if (type_name != ggml_type_name(type)) { std::fprintf(stderr, "unknown type %s\n", type_name.c_str()); return 2; }
   ThreadPool pool(threads);

@@ -11,12 +11,12 @@ export type GgufScalar = { type: Exclude<GgufValueType, GgufValueType.ARRAY>; va
 export type GgufArray = { type: GgufValueType.ARRAY; elem: GgufValueType; value: (number | bigint | boolean | string)[] };
 export type GgufMeta = GgufScalar | GgufArray;
 
-export const GgmlType = { f32: 0, f16: 1, q4_0: 2, q8_0: 8, q3_k: 11, q4_k: 12, q5_k: 13, q6_k: 14, iq4_nl: 20, iq4_xs: 23, bf16: 30 } as const;
+export const GgmlType = { f32: 0, f16: 1, q4_0: 2, q8_0: 8, q2_k: 10, q3_k: 11, q4_k: 12, q5_k: 13, q6_k: 14, iq4_nl: 20, iq4_xs: 23, bf16: 30 } as const;
 export type GgmlTypeName = keyof typeof GgmlType;
 
 /** [elements per block, bytes per block] */
 export const GGML_BLOCK: Record<GgmlTypeName, [number, number]> = {
-  f32: [1, 4], f16: [1, 2], bf16: [1, 2], q8_0: [32, 34], q4_0: [32, 18], q3_k: [256, 110], q4_k: [256, 144], q5_k: [256, 176],
+  f32: [1, 4], f16: [1, 2], bf16: [1, 2], q8_0: [32, 34], q4_0: [32, 18], q2_k: [256, 84], q3_k: [256, 110], q4_k: [256, 144], q5_k: [256, 176],
   q6_k: [256, 210], iq4_nl: [32, 18], iq4_xs: [256, 136],
 };
 

@@ -46,7 +46,7 @@ for (const [name, opts] of shapes) {
 }
 
 // (iq4_xs has its own case below: llama.cpp rounds its activations coarser there)
-const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'q3_k_m', 'q4_k_m', 'q5_k_m'] as const;
+const types = ['f16', 'bf16', 'q8_0', 'q4_0', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'iq4_nl', 'q3_k_m', 'q4_k_m', 'q5_k_m'] as const;
 for (const type of types) {
   test(`${type} weights match llama.cpp (KL <= 1e-3, same argmax)`, async () => {
     // a larger output scale gives a clear argmax to compare

@@ -30,7 +30,7 @@ test('llamakv: usage errors say what is wrong once, then the usage, exit 1', () 
   const r = cli('model', 'frobnicate');
   assert.equal(r.status, 1);
   assert.equal(r.stderr, 'llamakv model: unknown subcommand "frobnicate" (there is one: synth)\nusage: llamakv model synth --out FILE ' +
-    '[--preset tiny|1b|needle] [--type f32|f16|bf16|q8_0|q4_0|q3_k|q4_k|q5_k|q6_k|iq4_nl|iq4_xs|q3_k_m|q4_k_m|q5_k_m] [--dequantized] [--seed N] [--json]\n');
+    '[--preset tiny|1b|needle] [--type f32|f16|bf16|q8_0|q4_0|q2_k|q3_k|q4_k|q5_k|q6_k|iq4_nl|iq4_xs|q3_k_m|q4_k_m|q5_k_m] [--dequantized] [--seed N] [--json]\n');
   const g = cli('generate', 'm.gguf', '--prompt');
   assert.equal(g.status, 1);
   assert.match(g.stderr, /^llamakv generate: --prompt needs a value\nusage: llamakv generate MODEL /);

@@ -95,18 +95,18 @@ test('GGUF header: a Llama 3 file with weight types the engine cannot read is re
   const ok = path.join(dir, 'q5.gguf');
   fakeGguf(ok, 'llama', { type: 'q5_k' });
   assert.equal(unsupportedReason(inspectGguf(ok)), null, 'Q5_K (Q5_K_M files) is read');
-  // a Q2_K file: attn_q's type id patched to 10 (q2_K) after its name, dims and dim count
-  const q2 = path.join(dir, 'q2.gguf');
-  fakeGguf(q2, 'llama', { type: 'q4_k' });
-  const bytes = fs.readFileSync(q2);
+  // a Q5_0 file: attn_q's type id patched to 6 (q5_0) after its name, dims and dim count
+  const q50 = path.join(dir, 'q5_0.gguf');
+  fakeGguf(q50, 'llama', { type: 'q4_k' });
+  const bytes = fs.readFileSync(q50);
   const name = Buffer.from('blk.0.attn_q.weight');
   const at = bytes.indexOf(name) + name.length + 4 + 2 * 8;  // n_dims u32, two u64 dims
   assert.equal(bytes.readUInt32LE(at), 12, 'the q4_K type id where the patch goes');
-  bytes.writeUInt32LE(10, at);
-  fs.writeFileSync(q2, bytes);
-  const s = inspectGguf(q2);
-  assert.deepEqual(s.weightTypes.sort(), ['f32', 'q2_k', 'q4_k']);
-  assert.match(unsupportedReason(s)!, /weight type q2_k is not supported: llamakv reads .*Q3_K.*Q5_K/);
+  bytes.writeUInt32LE(6, at);
+  fs.writeFileSync(q50, bytes);
+  const s = inspectGguf(q50);
+  assert.deepEqual(s.weightTypes.sort(), ['f32', 'q4_k', 'q5_0']);
+  assert.match(unsupportedReason(s)!, /weight type q5_0 is not supported: llamakv reads .*Q2_K-Q6_K.*IQ4_XS/);
 });
 
 test('discovery: Ollama, LM Studio, Hugging Face, llama.cpp and the setting, under a fake HOME', () => {

@@ -2,7 +2,7 @@
 // with. The bytes are the file's quantized blocks (quant.h), rearranged only so that every load
 // is aligned: Q8_0, Q4_0 and IQ4_NL split into a value array and an f16 scale array (their 34-
 // and 18-byte blocks are only 2-byte aligned), Q6_K blocks padded from 210 to 224 bytes, Q3_K
-// from 110 to 112 and IQ4_XS from 136 to 144; Q4_K (144 bytes), Q5_K (176), F16, BF16 and F32
+// from 110 to 112, Q2_K from 84 to 96 and IQ4_XS from 136 to 144; Q4_K (144 bytes), Q5_K (176), F16, BF16 and F32
 // rows are copied as they are.
 #pragma once
 
@@ -16,6 +16,7 @@ namespace lkv {
 
 constexpr int kQ6KDeviceBlock = 224;  // block_q6_K (210 bytes) padded to a multiple of 16
 constexpr int kQ3KDeviceBlock = 112;  // block_q3_K (110 bytes) padded to a multiple of 16
+constexpr int kQ2KDeviceBlock = 96;   // block_q2_K (84 bytes) padded to a multiple of 16
 constexpr int kIQ4XSDeviceBlock = 144;  // block_iq4_xs (136 bytes) padded to a multiple of 16
 
 struct DevMatrix {
@@ -155,6 +156,20 @@ __host__ __device__ __forceinline__ void dequant8(const DevMatrix& W, int row, i
       const uint32_t q = ((word >> (8 * (k & 3) + 4 * hi)) & 0xF) | (((hw >> (8 * (k & 3) + s)) & 1) << 4);
       v[k] = sub_rn(mul_rn(ds, small_int_f32(q, 0.0f)), dm);
     }
+  } else if constexpr (T == (uint32_t)GgmlType::Q2_K) {
+    // element e (h = e/128, j = (e%128)/32, l = e%32) at bits 2j of qs[32h + l]; sub-block e/16's
+    // scale (low nibble) and min (high nibble) in scales[e/16]
+    const uint8_t* blk = r + (size_t)(c / 256) * kQ2KDeviceBlock;
+    const int w = c % 256, h = w / 128, j = (w % 128) / 32, l0 = w % 32;
+    const uint8_t sm = blk[w / 16];
+    const float dl = mul_rn(f16_bits_to_f32(*(const uint16_t*)(blk + 80)), (float)(sm & 0xF));
+    const float ml = mul_rn(f16_bits_to_f32(*(const uint16_t*)(blk + 82)), (float)(sm >> 4));
+    const uint2 q = *(const uint2*)(blk + 16 + 32 * h + l0);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      const uint32_t qw = k < 4 ? q.x : q.y;
+      v[k] = sub_rn(mul_rn(dl, small_int_f32((qw >> (8 * (k & 3) + 2 * j)) & 3, 0.0f)), ml);
+    }
   } else if constexpr (T == (uint32_t)GgmlType::Q3_K) {
     // element e (h = e/128, j = (e%128)/32, l = e%32): bits 0-1 at bits 2j of qs[32h + l], bit 2
     // at bit 4h + j of hmask[l]; sub-block e/16's 6-bit scale less 32 (see quant.h)
@@ -201,6 +216,7 @@ void dispatch_type(uint32_t type, F&& f) {
     case G::BF16: f(std::integral_constant<uint32_t, (uint32_t)G::BF16>{}); return;
     case G::Q8_0: f(std::integral_constant<uint32_t, (uint32_t)G::Q8_0>{}); return;
     case G::Q4_0: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_0>{}); return;
+    case G::Q2_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q2_K>{}); return;
     case G::Q3_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q3_K>{}); return;
     case G::Q4_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q4_K>{}); return;
     case G::Q5_K: f(std::integral_constant<uint32_t, (uint32_t)G::Q5_K>{}); return;
