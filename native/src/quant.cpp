@@ -315,12 +315,16 @@ void quantize_q6_K(const float* x, block_q6_K* y, int64_t nb) {
   }
 }
 
-// The kIq4Values index nearest to v (the grid is ascending).
+// The kIq4Values index nearest to v (the lower one on a tie): a binary search over the midpoints
+// of the ascending grid.
 int iq4_index(float v) {
-  int best = 0;
-  for (int i = 1; i < 16; i++)
-    if (std::fabs(v - kIq4Values[i]) < std::fabs(v - kIq4Values[best])) best = i;
-  return best;
+  int lo = 0, hi = 15;
+  while (lo < hi) {
+    const int m = (lo + hi) / 2;
+    if (v > 0.5f * (kIq4Values[m] + kIq4Values[m + 1])) lo = m + 1;
+    else hi = m;
+  }
+  return lo;
 }
 
 // 32 values as IQ4 indices against scale d (byte j: element j low, j+16 high); the scale that
