@@ -22,12 +22,12 @@ size_t dev_q_row_bytes(uint32_t type, int64_t cols) {
     case GgmlType::Q8_0: return (size_t)cols;
     case GgmlType::Q4_0:
     case GgmlType::IQ4_NL: return (size_t)cols / 2;
-    case GgmlType::IQ4_XS: return (size_t)(cols / QK_K) * kIQ4XSDeviceBlock;
-    case GgmlType::Q2_K: return (size_t)(cols / QK_K) * kQ2KDeviceBlock;
-    case GgmlType::Q3_K: return (size_t)(cols / QK_K) * kQ3KDeviceBlock;
-    case GgmlType::Q4_K: return (size_t)(cols / QK_K) * sizeof(block_q4_K);
-    case GgmlType::Q5_K: return (size_t)(cols / QK_K) * sizeof(block_q5_K);
-    case GgmlType::Q6_K: return (size_t)(cols / QK_K) * kQ6KDeviceBlock;
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+    case GgmlType::IQ4_XS: return (size_t)(cols / QK_K) * dev_block_bytes(ggml_type_size(type));
     default: return 0;
   }
 }
@@ -77,20 +77,9 @@ void repack_rows(const WeightView& W, int64_t r0, int64_t nr, uint8_t* q_out, ui
           std::memcpy(d + 2 * b, src + b * sizeof(block_q4_0), 2);
         }
         break;
-      case GgmlType::Q6_K:  // 210-byte blocks at a 224-byte stride
-        pad_blocks(src, nbk, sizeof(block_q6_K), kQ6KDeviceBlock, q);
-        break;
-      case GgmlType::Q3_K:  // 110-byte blocks at a 112-byte stride
-        pad_blocks(src, nbk, sizeof(block_q3_K), kQ3KDeviceBlock, q);
-        break;
-      case GgmlType::Q2_K:  // 84-byte blocks at a 96-byte stride
-        pad_blocks(src, nbk, sizeof(block_q2_K), kQ2KDeviceBlock, q);
-        break;
-      case GgmlType::IQ4_XS:  // 136-byte blocks at a 144-byte stride
-        pad_blocks(src, nbk, sizeof(block_iq4_xs), kIQ4XSDeviceBlock, q);
-        break;
-      default:  // F32, F16, BF16, Q4_K, Q5_K: as in the file
-        std::memcpy(q, src, qrb);
+      default:  // F32, F16, BF16 as in the file; the super-block formats padded (dev_block_bytes)
+        if (qrb == W.row_bytes) std::memcpy(q, src, qrb);
+        else pad_blocks(src, nbk, ggml_type_size(W.type), qrb / nbk, q);
         break;
     }
   }

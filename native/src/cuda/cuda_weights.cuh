@@ -14,10 +14,13 @@
 
 namespace lkv {
 
-constexpr int kQ6KDeviceBlock = 224;  // block_q6_K (210 bytes) padded to a multiple of 16
-constexpr int kQ3KDeviceBlock = 112;  // block_q3_K (110 bytes) padded to a multiple of 16
-constexpr int kQ2KDeviceBlock = 96;   // block_q2_K (84 bytes) padded to a multiple of 16
-constexpr int kIQ4XSDeviceBlock = 144;  // block_iq4_xs (136 bytes) padded to a multiple of 16
+// The super-block formats' device blocks: the file's blocks padded to a multiple of 16 bytes, so
+// every load is aligned (Q4_K's 144 and Q5_K's 176 already are).
+constexpr size_t dev_block_bytes(size_t file_bytes) { return (file_bytes + 15) & ~(size_t)15; }
+constexpr int kQ6KDeviceBlock = (int)dev_block_bytes(sizeof(block_q6_K));     // 210 -> 224
+constexpr int kQ3KDeviceBlock = (int)dev_block_bytes(sizeof(block_q3_K));     // 110 -> 112
+constexpr int kQ2KDeviceBlock = (int)dev_block_bytes(sizeof(block_q2_K));     // 84 -> 96
+constexpr int kIQ4XSDeviceBlock = (int)dev_block_bytes(sizeof(block_iq4_xs));  // 136 -> 144
 
 struct DevMatrix {
   uint32_t type = 0;           // GgmlType
