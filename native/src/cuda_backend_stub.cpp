@@ -27,6 +27,9 @@ void silu_mul(float*, const float*, int, size_t) { unavailable(); }
 void rope_store(const LlamaConfig&, int, int, int, float*, const float*, const float*, uint16_t*, uint16_t*) { unavailable(); }
 void attention(const KvShape&, int, int, const float*, const float*, const float*, int, float*, size_t, int) { unavailable(); }
 int32_t argmax(const float*, int) { unavailable(); }
+void matvec_qkv(const LlamaConfig&, const WeightView&, const WeightView&, const WeightView&, const float*, int, const float*, int,
+                int, float*, size_t, uint16_t*, uint16_t*) { unavailable(); }
+void matvec_swiglu(const WeightView&, const WeightView&, const float*, int, const float*, float, float*, size_t) { unavailable(); }
 void dequantize_on_host(const WeightView&, float*) { unavailable(); }
 double copy_bandwidth_gbs(size_t) { unavailable(); }
 }  // namespace cuda_ops

@@ -86,6 +86,10 @@ constexpr double kRopeBudget = 1e-6;
 // Attention against attention_reference (double) over the same f16-rounded keys and values:
 // float sums and exp2f (2 ulp): largest error 5e-5 of the values' RMS.
 constexpr double kAttentionBudget = 5e-5;
+// The decode step's fused products (RMSNorm inside, RoPE / f16 store / SwiGLU on the outputs)
+// against the separate reference steps: the norm scale multiplies the dot product instead of each
+// input, a few more float roundings than matmul alone. Largest error 2e-5 of the outputs' RMS.
+constexpr double kFusedBudget = 2e-5;
 // Forward pass against forward.cpp with the reference kernels, both with an f16 cache: largest
 // |logit difference| over the logits' RMS. Summation order alone gives ~1e-5; what dominates is a
 // key that rounds to the neighbouring f16 on one side: 3e-5 .. 6e-4 seen over seeds. Budget 2e-3
@@ -300,9 +304,128 @@ void test_elementwise() {
   });
 }
 
-// Llama 3.1/3.2 rope_freqs (llama.cpp's converter): long wavelengths divided by `factor`.
 std::vector<float> llama3_freq_factors(int hd, double base, double factor = 32, double lo = 1, double hi = 4,
-                                       double orig = 8192) {
+                                       double orig = 8192);
+
+constexpr uint16_t kCacheSentinel = 0x7E5A;  // an f16 NaN with a payload: cache slots not to be written
+
+// An f16 cache pair [n_kv][n_ctx][hd] after positions [pos, pos+n) were stored from k, v
+// ([n][n_kv][hd] floats): counts the stored values `ok` rejects (ok(got_k, want_k, got_v, want_v))
+// and the slots outside [pos, pos+n) that no longer hold kCacheSentinel.
+template <typename Ok>
+void check_f16_cache(const std::vector<uint16_t>& kc, const std::vector<uint16_t>& vc, int n_kv, int n_ctx, int hd, int pos,
+                     int n, const std::vector<float>& k, const std::vector<float>& v, Ok ok, int* bad, int* touched_outside) {
+  for (int h = 0; h < n_kv; h++)
+    for (int p = 0; p < n_ctx; p++)
+      for (int d = 0; d < hd; d++) {
+        const size_t at = ((size_t)h * n_ctx + p) * hd + d;
+        if (p < pos || p >= pos + n) {
+          *touched_outside += kc[at] != kCacheSentinel || vc[at] != kCacheSentinel;
+          continue;
+        }
+        const size_t src = ((size_t)(p - pos) * n_kv + h) * hd + d;
+        *bad += !ok(f16_to_f32(kc[at]), k[src], f16_to_f32(vc[at]), v[src]);
+      }
+}
+
+// RMSNorm of each of n rows of x (reference kernel)
+std::vector<float> rmsnorm_rows(const std::vector<float>& x, int n, int d, const std::vector<float>& w, float eps) {
+  std::vector<float> out(x.size());
+  for (int t = 0; t < n; t++) kernels_reference().rmsnorm(out.data() + (size_t)t * d, x.data() + (size_t)t * d, w.data(), d, eps);
+  return out;
+}
+
+// launch_matvec_fused as the decode step uses it: q/k/v in one call (one launch, or two where the
+// types differ) with RoPE and the f16 KV store, and gate/up with SwiGLU (one launch, or the
+// split path for different types), for 1..4 tokens, against RMSNorm + matmul + rope_apply /
+// silu_mul with the reference kernels.
+void test_matvec_fused() {
+  struct QkvCase { int hd, n_head, n_kv, cols; uint32_t tq, tk, tv; };
+  const QkvCase qkv_cases[] = {{64, 4, 2, 256, kQ8_0, kQ8_0, kQ8_0}, {64, 4, 2, 512, kQ4_K, kQ4_K, kQ6_K},
+                               {128, 2, 1, 256, kF16, kF16, kF16}};
+  for (const QkvCase& cs : qkv_cases)
+    run_case(fmt("matvec-fused/qkv/hd%.0f/", cs.hd) + ggml_type_name(cs.tq) + "+" + ggml_type_name(cs.tv),
+             [&](std::string& detail) {
+               LlamaConfig c;
+               c.head_dim = cs.hd;
+               c.n_head = cs.n_head;
+               c.n_head_kv = cs.n_kv;
+               c.rope_base = 500000.f;
+               c.rope_freq_factors = llama3_freq_factors(cs.hd, c.rope_base);
+               c.rms_eps = 1e-5f;
+               const int qd = cs.n_head * cs.hd, kd = cs.n_kv * cs.hd, E = cs.cols;
+               std::vector<uint8_t> bq = make_weights(cs.tq, qd, E, false), bk = make_weights(cs.tk, kd, E, false),
+                                    bv = make_weights(cs.tv, kd, E, false);
+               const WeightView wq{cs.tq, bq.data(), qd, E, ggml_row_bytes(cs.tq, E)};
+               const WeightView wk{cs.tk, bk.data(), kd, E, ggml_row_bytes(cs.tk, E)};
+               const WeightView wv{cs.tv, bv.data(), kd, E, ggml_row_bytes(cs.tv, E)};
+               std::vector<float> nw = gauss_vec(E);
+               double worst = 0;
+               int bad_cache = 0, touched_outside = 0;
+               bool guards = true;
+               for (int pos : {0, 30000})
+                 for (int n = 1; n <= 4; n++) {
+                   const int n_ctx = pos + n + 3;
+                   std::vector<float> x = gauss_vec((size_t)n * E, 3.f);
+                   const std::vector<float> xn = rmsnorm_rows(x, n, E, nw, c.rms_eps);
+                   std::vector<float> q_ref((size_t)n * qd), k_ref((size_t)n * kd), v_ref((size_t)n * kd);
+                   kernels_reference().matmul(wq, xn.data(), n, q_ref.data(), nullptr);
+                   kernels_reference().matmul(wk, xn.data(), n, k_ref.data(), nullptr);
+                   kernels_reference().matmul(wv, xn.data(), n, v_ref.data(), nullptr);
+                   for (int t = 0; t < n; t++) {
+                     rope_apply(c, q_ref.data() + (size_t)t * qd, cs.n_head, pos + t);
+                     rope_apply(c, k_ref.data() + (size_t)t * kd, cs.n_kv, pos + t);
+                   }
+                   std::vector<uint16_t> kc((size_t)cs.n_kv * n_ctx * cs.hd, kCacheSentinel), vc = kc;
+                   Guarded q(q_ref.size());
+                   cuda_ops::matvec_qkv(c, wq, wk, wv, x.data(), n, nw.data(), n_ctx, pos, q.data(), kGuard, kc.data(), vc.data());
+                   guards &= q.guards_intact();
+                   worst = std::max(worst, diff(q.data(), q_ref.data(), q_ref.size(), rms_of(q_ref.data(), q_ref.size())).max);
+                   const double ks = rms_of(k_ref.data(), k_ref.size()), vs = rms_of(v_ref.data(), v_ref.size());
+                   // one f16 step of the value, or the budget where the value is near zero
+                   check_f16_cache(kc, vc, cs.n_kv, n_ctx, cs.hd, pos, n, k_ref, v_ref,
+                                   [&](float kg, float kw, float vg, float vw) {
+                                     return std::fabs(kg - kw) <= std::ldexp(std::fabs(kw), -10) + kFusedBudget * ks &&
+                                            std::fabs(vg - vw) <= std::ldexp(std::fabs(vw), -10) + kFusedBudget * vs;
+                                   },
+                                   &bad_cache, &touched_outside);
+                 }
+               detail = fmt("tokens 1..4, pos 0/30000: q max err %.2e of RMS (budget %.0e)", worst, kFusedBudget) +
+                        fmt("; cache: %.0f values more than one f16 step off, %.0f written outside [pos, pos+n)", bad_cache,
+                            touched_outside) +
+                        (guards ? "" : " GUARD OVERWRITTEN");
+               return guards && worst <= kFusedBudget && bad_cache == 0 && touched_outside == 0;
+             });
+
+  struct FfnCase { int rows, cols; uint32_t tg, tu; };
+  const FfnCase ffn_cases[] = {{100, 256, kQ8_0, kQ8_0}, {67, 512, kQ4_K, kQ6_K}, {33, 256, kBF16, kBF16}};
+  for (const FfnCase& cs : ffn_cases)
+    run_case(std::string("matvec-fused/swiglu/") + ggml_type_name(cs.tg) + "+" + ggml_type_name(cs.tu), [&](std::string& detail) {
+      std::vector<uint8_t> bg = make_weights(cs.tg, cs.rows, cs.cols, false), bu = make_weights(cs.tu, cs.rows, cs.cols, false);
+      const WeightView wg{cs.tg, bg.data(), cs.rows, cs.cols, ggml_row_bytes(cs.tg, cs.cols)};
+      const WeightView wu{cs.tu, bu.data(), cs.rows, cs.cols, ggml_row_bytes(cs.tu, cs.cols)};
+      std::vector<float> nw = gauss_vec(cs.cols);
+      double worst = 0;
+      bool guards = true;
+      for (int n = 1; n <= 4; n++) {
+        std::vector<float> x = gauss_vec((size_t)n * cs.cols, 3.f);
+        const std::vector<float> xn = rmsnorm_rows(x, n, cs.cols, nw, 1e-5f);
+        std::vector<float> g((size_t)n * cs.rows), u(g.size());
+        kernels_reference().matmul(wg, xn.data(), n, g.data(), nullptr);
+        kernels_reference().matmul(wu, xn.data(), n, u.data(), nullptr);
+        kernels_reference().silu_mul(g.data(), u.data(), g.size());
+        Guarded out(g.size());
+        cuda_ops::matvec_swiglu(wg, wu, x.data(), n, nw.data(), 1e-5f, out.data(), kGuard);
+        guards &= out.guards_intact();
+        worst = std::max(worst, diff(out.data(), g.data(), g.size(), rms_of(g.data(), g.size())).max);
+      }
+      detail = fmt("tokens 1..4: max err %.2e of RMS (budget %.0e)", worst, kFusedBudget) + (guards ? "" : " GUARD OVERWRITTEN");
+      return guards && worst <= kFusedBudget;
+    });
+}
+
+// Llama 3.1/3.2 rope_freqs (llama.cpp's converter): long wavelengths divided by `factor`.
+std::vector<float> llama3_freq_factors(int hd, double base, double factor, double lo, double hi, double orig) {
   std::vector<float> f((size_t)hd / 2);
   for (int i = 0; i < hd / 2; i++) {
     const double wavelen = 2 * 3.14159265358979323846 / std::pow(base, -2.0 * i / hd);
@@ -339,8 +462,7 @@ void test_rope_store() {
                      rope_apply(c, q_ref.data() + (size_t)i * qd, cs.n_head, pos + i);
                      rope_apply(c, k_ref.data() + (size_t)i * kd, cs.n_kv, pos + i);
                    }
-                   const uint16_t sentinel = 0x7E5A;  // an f16 NaN with a payload
-                   std::vector<uint16_t> kc((size_t)cs.n_kv * n_ctx * cs.hd, sentinel), vc = kc;
+                   std::vector<uint16_t> kc((size_t)cs.n_kv * n_ctx * cs.hd, kCacheSentinel), vc = kc;
                    std::vector<float> q_dev = q;
                    cuda_ops::rope_store(c, n_ctx, pos, n, q_dev.data(), k.data(), v.data(), kc.data(), vc.data());
                    double qerr = 0;
@@ -350,19 +472,12 @@ void test_rope_store() {
                      if (!std::isfinite(q_dev[e]) || !std::isfinite(q_dev[e + 1])) qerr = INFINITY;
                    }
                    int bad_cache = 0, touched_outside = 0;
-                   for (int h = 0; h < cs.n_kv; h++)
-                     for (int p = 0; p < n_ctx; p++)
-                       for (int d = 0; d < cs.hd; d++) {
-                         const size_t at = ((size_t)h * n_ctx + p) * cs.hd + d;
-                         if (p < pos || p >= pos + n) {
-                           touched_outside += kc[at] != sentinel || vc[at] != sentinel;
-                           continue;
-                         }
-                         const size_t src = ((size_t)(p - pos) * cs.n_kv + h) * cs.hd + d;
-                         const float kw = f16_to_f32(f32_to_f16(k_ref[src])), vw = f16_to_f32(f32_to_f16(v[src]));
-                         const float kg = f16_to_f32(kc[at]), vg = f16_to_f32(vc[at]);
-                         bad_cache += !(std::fabs(kg - kw) <= std::ldexp(std::fabs(kw), -10)) || vg != vw;
-                       }
+                   check_f16_cache(kc, vc, cs.n_kv, n_ctx, cs.hd, pos, n, k_ref, v,
+                                   [](float kg, float k_want, float vg, float v_want) {
+                                     const float kw = f16_to_f32(f32_to_f16(k_want)), vw = f16_to_f32(f32_to_f16(v_want));
+                                     return std::fabs(kg - kw) <= std::ldexp(std::fabs(kw), -10) && vg == vw;
+                                   },
+                                   &bad_cache, &touched_outside);
                    detail = fmt("q max err %.2e of the pair (budget %.0e)", qerr, kRopeBudget) +
                             fmt("; cache: %.0f values more than one f16 step off, %.0f written outside [pos, pos+n)", bad_cache,
                                 touched_outside);
@@ -922,13 +1037,25 @@ void test_forward() {
         same &= b->logits() == got_a[i + 1];
       }
       if (!same) notes += " GRAPH REPLAY DIFFERS FROM EAGER";
+      // decode through the separate kernels (LLAMAKV_CUDA_FUSED=0), as before the fused products
+      setenv("LLAMAKV_CUDA_FUSED", "0", 1);
+      auto e = cm->new_session(n_ctx, "f16", small);
+      unsetenv("LLAMAKV_CUDA_FUSED");
+      e->eval(prompt.data(), n_prompt, true);
+      for (int i = 0; i < n_gen; i++) {
+        e->eval(&gen[i], 1, true);
+        notes += logit_diff(e->logits(), want[i + 1], &worst);
+      }
       // one-chunk prefill
       auto c = cm->new_session(n_ctx, "f16");
       c->eval(prompt.data(), n_prompt, true);
       notes += logit_diff(c->logits(), want[0], &worst);
-      // rewind 5 and evaluate them again
+      // rewind 5 and evaluate them again (tiled products), then 3 (the fused decode products, 3 tokens)
       a->truncate(n_prompt - 5);
       a->eval(prompt.data() + n_prompt - 5, 5, true);
+      notes += logit_diff(a->logits(), want[0], &worst);
+      a->truncate(n_prompt - 3);
+      a->eval(prompt.data() + n_prompt - 3, 3, true);
       notes += logit_diff(a->logits(), want[0], &worst);
       // the CPU cache payload loads on the device, saves back byte for byte, and continues
       auto d = cm->new_session(n_ctx, "f16");
@@ -1522,6 +1649,7 @@ int main(int argc, char** argv) {
     test_matmul();
     test_elementwise();
     test_rope_store();
+    test_matvec_fused();
     test_attention();
     test_kv_device();
     test_forward();

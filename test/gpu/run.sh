@@ -96,7 +96,7 @@ step "test_cuda (every kernel and forward pass against the CPU references; one p
 # One process per group: a kernel fault leaves the CUDA context unusable for the rest of its
 # process, and must not hide how the other groups fare. On a failed group the first failing case
 # runs again under compute-sanitizer (memcheck) when it is installed, to name the bad access.
-CASE_GROUPS=(get_rows/ matmul/ rmsnorm/ silu_mul/ argmax rope_store/ attention/ kv-quantize/ kv-attention/ forward/ forward-kv/ errors)
+CASE_GROUPS=(get_rows/ matmul/ rmsnorm/ silu_mul/ argmax rope_store/ matvec-fused/ attention/ kv-quantize/ kv-attention/ forward/ forward-kv/ errors)
 : > "$LOGS/test_cuda.txt"
 sum_pass=0 sum_fail=0 sum_skip=0 sanitized=0
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -n1 || true)

@@ -5,6 +5,7 @@
 // the weighted values. With several ranges per query (flash-decoding, used when few queries run)
 // each block leaves (o, m, l) and a second kernel merges them. Scores are kept in log2 units.
 #include <algorithm>
+#include <cmath>
 
 #include "cuda_kernels.cuh"
 
@@ -29,7 +30,7 @@ struct AttnParams {
 // Thread tid owns dims 8*(tid % L) .. +8 of the key (and value) row tid / L of each pass, L = HD/8:
 // the L threads of a row are adjacent lanes, so a warp reads 32/L whole consecutive rows.
 template <int HD, int GMAX>
-__global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams a) {
+__global__ void __launch_bounds__(kAttnThreads, GMAX <= 4 ? 4 : 2) attention_kernel(AttnParams a) {
   constexpr int L = HD / 8, ROWS = kAttnThreads / L, NW = kAttnThreads / 32;
   __shared__ float s_p[GMAX][kAttnChunk];  // scores, then probabilities
   __shared__ float s_m[GMAX], s_l[GMAX], s_corr[GMAX];
@@ -41,7 +42,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams a) {
 
   // this block's keys: [j_begin, j_end) of the query's visible [0, limit)
   const int limit = *a.pos + i + 1;
-  const int span = ((limit + a.n_splits - 1) / a.n_splits + 31) & ~31;
+  const int span = attn_span(limit, a.n_splits);
   const int j_begin = split * span, j_end = min(limit, j_begin + span);
 
   const __half* Kh = a.K + (size_t)hk * a.n_ctx * HD + 8 * dg;
@@ -61,22 +62,40 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams a) {
   }
   __syncthreads();
 
+  // Each thread takes PER rows of a chunk, and issues the loads of B of them before it uses any:
+  // enough bytes in flight to keep the memory busy (rows past the range load as zeros).
+  constexpr int PER = kAttnChunk / ROWS, B = HD == 64 ? 8 : 4;
+  auto load_rows = [&](const __half* base, int j0, int nk, int b0, uint4* raw) {
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+      const int jj = slot + (b0 + b) * ROWS;
+      raw[b] = jj < nk ? __ldg((const uint4*)(base + (size_t)(j0 + jj) * HD)) : make_uint4(0, 0, 0, 0);
+    }
+  };
   for (int j0 = j_begin; j0 < j_end; j0 += kAttnChunk) {
     const int nk = min(kAttnChunk, j_end - j0);
     // 1. scores of keys j0 .. j0+nk (every lane joins the shuffles; rows past nk score -inf)
-    for (int jj = slot; jj < kAttnChunk; jj += ROWS) {
-      float kf[8] = {};
-      if (jj < nk) load8_f16(Kh + (size_t)(j0 + jj) * HD, kf);
+    uint4 raw[B];
 #pragma unroll
-      for (int g = 0; g < GMAX; g++) {
-        float d = 0.0f;
+    for (int b0 = 0; b0 < PER; b0 += B) {
+      load_rows(Kh, j0, nk, b0, raw);
 #pragma unroll
-        for (int c = 0; c < 8; c++) d = fmaf(qr[g][c], kf[c], d);
+      for (int b = 0; b < B; b++) {
+        const int jj = slot + (b0 + b) * ROWS;
+        float kf[8];
+        f16x8_to_f32(raw[b], kf);
 #pragma unroll
-        for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        if (dg == 0 && g < G) s_p[g][jj] = jj < nk ? d : -INFINITY;
+        for (int g = 0; g < GMAX; g++) {
+          float d = 0.0f;
+#pragma unroll
+          for (int c = 0; c < 8; c++) d = fmaf(qr[g][c], kf[c], d);
+#pragma unroll
+          for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+          if (dg == 0 && g < G) s_p[g][jj] = jj < nk ? d : -INFINITY;
+        }
       }
     }
+    load_rows(Vh, j0, nk, 0, raw);  // the first values do not wait for the softmax
     __syncthreads();
     // 2. per head: new running max, probabilities, running sum (warp w takes heads w, w+NW, ...)
     for (int g = warp; g < G; g += NW) {
@@ -106,14 +125,20 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams a) {
 #pragma unroll
       for (int c = 0; c < 8; c++) acc[g][c] *= corr;
     }
-    for (int jj = slot; jj < nk; jj += ROWS) {
-      float vf[8];
-      load8_f16(Vh + (size_t)(j0 + jj) * HD, vf);
 #pragma unroll
-      for (int g = 0; g < GMAX; g++) {
-        const float p = g < G ? s_p[g][jj] : 0.0f;
+    for (int b0 = 0; b0 < PER; b0 += B) {
+      if (b0 > 0) load_rows(Vh, j0, nk, b0, raw);
 #pragma unroll
-        for (int c = 0; c < 8; c++) acc[g][c] = fmaf(p, vf[c], acc[g][c]);
+      for (int b = 0; b < B; b++) {
+        const int jj = slot + (b0 + b) * ROWS;  // past nk: p = 0 (score -inf) and v = 0
+        float vf[8];
+        f16x8_to_f32(raw[b], vf);
+#pragma unroll
+        for (int g = 0; g < GMAX; g++) {
+          const float p = g < G ? s_p[g][jj] : 0.0f;
+#pragma unroll
+          for (int c = 0; c < 8; c++) acc[g][c] = fmaf(p, vf[c], acc[g][c]);
+        }
       }
     }
     __syncthreads();
@@ -151,14 +176,18 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams a) {
   }
 }
 
-// One block of hd threads per (head, query): out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+// One block of hd threads per (head, query): out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M)
+// over the ranges that hold keys (the rest are empty: m = -inf, l = 0).
 // The split weights are found in parallel (thread d takes splits d, d + hd; n_splits <= 128 and
 // hd >= 64), so the one serial loop left is each thread's sum over independent loads.
-__global__ void __launch_bounds__(128) attention_combine_kernel(const float* part, float* out, int n_head, int n_splits, int hd) {
+__global__ void __launch_bounds__(128) attention_combine_kernel(const float* part, float* out, const int* pos, int n_head,
+                                                                int n_splits_all, int hd, int rotate, float hs) {
   __shared__ float s_w[kAttnMaxSplits];
+  __shared__ float s_x[128];
   __shared__ float s_red[2][4];
   const int h = blockIdx.x, i = blockIdx.y, d = threadIdx.x, lane = d % 32, warp = d / 32, nw = hd / 32;
-  const float* p = part + ((size_t)i * n_head + h) * n_splits * (hd + 2);
+  const float* p = part + ((size_t)i * n_head + h) * n_splits_all * (hd + 2);
+  const int limit = *pos + i + 1, n_splits = min(n_splits_all, ceil_div_dev(limit, attn_span(limit, n_splits_all)));
   float m = -INFINITY;
   for (int s = d; s < n_splits; s += hd) m = fmaxf(m, p[(size_t)s * (hd + 2) + hd]);
   m = warp_max(m);
@@ -180,7 +209,13 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const float* par
   float o = 0.0f;
 #pragma unroll 8
   for (int s = 0; s < n_splits; s++) o = fmaf(p[(size_t)s * (hd + 2) + d], s_w[s], o);
-  out[((size_t)i * n_head + h) * hd + d] = o / L;
+  float r = o / L;
+  if (rotate) {  // uniform over the block
+    s_x[d] = r;
+    hadamard_shared_rows(s_x, 1, hd, hs);
+    r = s_x[d];
+  }
+  out[((size_t)i * n_head + h) * hd + d] = r;
 }
 
 }  // namespace
@@ -230,13 +265,15 @@ void launch_attention(const AttnShape& a, const int* pos, int n, const float* q,
     else attention_kernel<128, 8><<<grid, kAttnThreads, 0, s>>>(p);
   }
   LKV_CUDA_LAUNCHED("attention");
-  if (n_splits > 1) launch_attention_combine(a, n, partial, out, n_splits, s);
+  if (n_splits > 1) launch_attention_combine(a, pos, n, partial, out, n_splits, s);
 }
 
-void launch_attention_combine(const AttnShape& a, int n, const float* partial, float* out, int n_splits, cudaStream_t s) {
+void launch_attention_combine(const AttnShape& a, const int* pos, int n, const float* partial, float* out, int n_splits,
+                              cudaStream_t s, bool rotate) {
   LKV_CHECK(n_splits >= 1 && n_splits <= kAttnMaxSplits && (a.head_dim == 64 || a.head_dim == 128),
             "attention merge: %d splits of head size %d", n_splits, a.head_dim);
-  attention_combine_kernel<<<dim3(a.n_head, n), a.head_dim, 0, s>>>(partial, out, a.n_head, n_splits, a.head_dim);
+  attention_combine_kernel<<<dim3(a.n_head, n), a.head_dim, 0, s>>>(partial, out, pos, a.n_head, n_splits, a.head_dim, rotate ? 1 : 0,
+                                                                      1.0f / std::sqrt((float)a.head_dim));
   LKV_CUDA_LAUNCHED("attention_combine");
 }
 

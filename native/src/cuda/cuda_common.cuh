@@ -66,8 +66,7 @@ __host__ __device__ __forceinline__ float f16_bits_to_f32(uint16_t h) {
 __host__ __device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
 // 8 f16 values (16-byte aligned) to float; bits are taken apart with shifts, not by punning a
 // local through another type (undefined behaviour the optimizer may exploit)
-__device__ __forceinline__ void load8_f16(const __half* p, float* f) {
-  const uint4 u = *(const uint4*)p;
+__device__ __forceinline__ void f16x8_to_f32(const uint4& u, float* f) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int k = 0; k < 4; k++) {
@@ -75,6 +74,7 @@ __device__ __forceinline__ void load8_f16(const __half* p, float* f) {
     f[2 * k + 1] = f16_bits_to_f32((uint16_t)(w[k] >> 16));
   }
 }
+__device__ __forceinline__ void load8_f16(const __half* p, float* f) { f16x8_to_f32(*(const uint4*)p, f); }
 
 // a * b and a - b rounded once each, never fused into an FMA (to round as the C++ reference does)
 __host__ __device__ __forceinline__ float mul_rn(float a, float b) {

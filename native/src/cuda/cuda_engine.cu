@@ -186,10 +186,7 @@ CudaModelImpl::CudaModelImpl(const Model& m) : cfg(m.cfg) {
     layers.push_back(d);
     decode_weight_bytes_ += weight_bytes_ - before;
   }
-  std::vector<double> inv((size_t)c.head_dim / 2);
-  for (int i = 0; i < c.head_dim / 2; i++)  // exactly as rope_apply computes it
-    inv[i] = (double)c.rope_freq_scale * std::pow((double)c.rope_base, -2.0 * i / c.head_dim) / c.rope_freq_factors[i];
-  rope_inv_freq = array(inv, "rope frequencies");
+  rope_inv_freq = array(lkv::rope_inv_freq(c), "rope frequencies");
 }
 
 class CudaSessionImpl final : public CudaSession {
@@ -225,13 +222,14 @@ class CudaSessionImpl final : public CudaSession {
   std::shared_ptr<const CudaModelImpl> m_;
   int n_ctx_, chunk_, n_tokens_ = 0;
   bool graphs_;
+  bool fused_ = true;  // the fused decode products (LLAMAKV_CUDA_FUSED=0: the separate kernels, as prefill)
   std::unique_ptr<CudaKvStore> ckv_;  // the compressed cache (null: the f16 cache kc_/vc_)
   uint64_t graph_gen_ = 0;            // ckv_'s generation when graph_ was recorded
   AttnShape attn_;
   RopeShape rope_;
   cudaStream_t stream_ = nullptr;
   cudaGraphExec_t graph_ = nullptr;  // one decode step with logits, recorded at the first use
-  int32_t* h_step_ = nullptr;        // pinned: [0] position, [1..chunk] tokens, [chunk+1] arg-max
+  int32_t* h_step_ = nullptr;        // pinned: [0] position, [1..chunk] tokens, [chunk+1] arg-max of the logits
   // device state: f16 KV cache [n_layer][n_head_kv][n_ctx][head_dim] (unless compressed), and
   // scratch [chunk][...]
   DeviceBuffer kc_, vc_;
@@ -239,7 +237,8 @@ class CudaSessionImpl final : public CudaSession {
   DeviceBuffer x_, xb_;              // [chunk][n_embd] residual stream, normed input
   DeviceBuffer q_, k_, v_, att_;     // [chunk][n_head*hd], [chunk][n_head_kv*hd] x2, [chunk][n_head*hd]
   DeviceBuffer gate_, up_;           // [chunk][n_ff]
-  DeviceBuffer xn_, logits_, part_, best_;  // [n_embd], [n_vocab], attention workspace, int32
+  DeviceBuffer logits_, part_, best_;  // [n_vocab], attention workspace, int32
+  DeviceBuffer argmax_work_;           // launch_argmax's workspace (zeroed once)
   std::vector<float> logits_host_;
   bool logits_valid_ = false, logits_fresh_ = false;
 };
@@ -250,6 +249,7 @@ CudaSessionImpl::CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_c
   const LlamaConfig& c = m_->cfg;
   LKV_CHECK(n_ctx > 0 && n_ctx <= (1 << 24), "context size %d is out of range", n_ctx);
   if (const char* e = std::getenv("LLAMAKV_CUDA_GRAPHS")) graphs_ = graphs_ && std::strcmp(e, "0") != 0;
+  if (const char* e = std::getenv("LLAMAKV_CUDA_FUSED")) fused_ = std::strcmp(e, "0") != 0;
   attn_ = AttnShape{c.n_head, c.n_head_kv, c.head_dim, n_ctx};
   check_attention_shape(attn_);
   rope_ = RopeShape{m_->rope_inv_freq, c.head_dim, c.n_head, c.n_head_kv, n_ctx};
@@ -276,13 +276,14 @@ CudaSessionImpl::CudaSessionImpl(std::shared_ptr<const CudaModelImpl> m, int n_c
   att_ = DeviceBuffer(ch * q_dim * 4, "scratch");
   gate_ = DeviceBuffer(ch * c.n_ff * 4, "scratch");
   up_ = DeviceBuffer(ch * c.n_ff * 4, "scratch");
-  xn_ = DeviceBuffer((size_t)c.n_embd * 4, "scratch");
   logits_ = DeviceBuffer((size_t)c.n_vocab * 4, "logits");
   size_t part = 0;
   for (int n = 1; n <= chunk_ && n <= 64; n++)
     part = std::max(part, attention_partial_floats(attn_, n, attention_splits(attn_, n, m_->sm_count)));
   part_ = DeviceBuffer(part * 4, "attention workspace");
   best_ = DeviceBuffer(4, "arg-max");
+  argmax_work_ = DeviceBuffer(argmax_work_bytes(), "arg-max workspace");
+  cuda_check(cudaMemset(argmax_work_.get(), 0, argmax_work_.bytes()), "arg-max workspace");
   logits_host_.assign((size_t)c.n_vocab, 0.0f);
   cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   cuda_check(cudaHostAlloc((void**)&h_step_, (ch + 2) * 4, cudaHostAllocDefault), "cudaHostAlloc");
@@ -305,38 +306,92 @@ void CudaSessionImpl::forward_chunk(int n, bool want_logits) {
   float *x = x_.get<float>(), *xb = xb_.get<float>(), *q = q_.get<float>(), *k = k_.get<float>(), *v = v_.get<float>();
   float *att = att_.get<float>(), *gate = gate_.get<float>(), *up = up_.get<float>();
   const int splits = attention_splits(attn_, n, M.sm_count);
+  // Up to kMatvecMaxTokens tokens (decode) the products run as fused matrix-vector launches: the
+  // RMSNorm inside them, q/k/v in one launch with RoPE and the f16 KV store on their outputs,
+  // gate/up in one with SwiGLU. Larger chunks (prefill) take the tiled products and the separate
+  // kernels; both compute the same thing, rounded differently.
+  const bool fused = fused_ && n <= kMatvecMaxTokens;
+  MvInput in;
+  in.n_tok = n;
+  in.eps = c.rms_eps;
+  in.rope = &rope_;
+  in.pos = pos;
   launch_get_rows(M.tok_embd, ids, n, x, s);
   for (int l = 0; l < c.n_layer; l++) {
     const DevLayer& L = M.layers[l];
     // attention block
-    launch_rmsnorm(xb, x, L.attn_norm, n, d, c.rms_eps, s);
-    launch_matmul(L.wq, xb, n, q, false, s);
-    launch_matmul(L.wk, xb, n, k, false, s);
-    launch_matmul(L.wv, xb, n, v, false, s);
+    if (fused) {
+      in.x = x;
+      in.norm_w = L.attn_norm;
+      MvSeg qkv[3];
+      qkv[0].W = L.wq;
+      qkv[1].W = L.wk;
+      qkv[2].W = L.wv;
+      qkv[0].y = q;
+      if (!ckv_) {
+        qkv[0].out = MvOut::RopeQ;
+        qkv[1].out = MvOut::RopeStoreK;
+        qkv[1].cache = k_head(l, 0);
+        qkv[2].out = MvOut::StoreV;
+        qkv[2].cache = v_head(l, 0);
+      } else {  // q and k roped here; the compressed cache rotates and stores k and v itself
+        qkv[0].out = MvOut::RopeQ;
+        qkv[1].out = MvOut::RopeQ;
+        qkv[1].y = k;
+        qkv[2].y = v;
+      }
+      launch_matvec_fused(qkv, 3, in, s);
+    } else {
+      launch_rmsnorm(xb, x, L.attn_norm, n, d, c.rms_eps, s);
+      launch_matmul(L.wq, xb, n, q, false, s);
+      launch_matmul(L.wk, xb, n, k, false, s);
+      launch_matmul(L.wv, xb, n, v, false, s);
+    }
     if (!ckv_) {
-      launch_rope_store(rope_, pos, n, q, k, v, k_head(l, 0), v_head(l, 0), s);
+      if (!fused) launch_rope_store(rope_, pos, n, q, k, v, k_head(l, 0), v_head(l, 0), s);
       launch_attention(attn_, pos, n, q, k_head(l, 0), v_head(l, 0), att, part_.get<float>(), splits, s);
     } else {
       // as CompressedKvCache: keys and values rotated before they are stored, the queries before
-      // attention and the outputs after it (the rotation is orthonormal and its own inverse)
+      // attention and the outputs after it (the rotation is orthonormal and its own inverse; the
+      // attention launch does both of the latter)
       const KvDevView kv = ckv_->view(l);
       const bool rot = ckv_->spec().rotate;
-      launch_kv_rope_store(rope_, pos, n, q, k, v, kv, rot, s);
-      if (rot) launch_hadamard_rows(q, n * c.n_head, c.head_dim, s);
-      launch_kv_attention(attn_, kv, pos, n, q, att, part_.get<float>(), splits, s);
-      if (rot) launch_hadamard_rows(att, n * c.n_head, c.head_dim, s);
+      launch_kv_rope_store(rope_, pos, n, q, k, v, kv, rot, s, /*roped=*/fused);
+      launch_kv_attention(attn_, kv, pos, n, q, att, part_.get<float>(), splits, rot, s);
     }
     launch_matmul(L.wo, att, n, x, /*accumulate=*/true, s);  // x += wo . att
     // feed-forward block (SwiGLU)
-    launch_rmsnorm(xb, x, L.ffn_norm, n, d, c.rms_eps, s);
-    launch_matmul(L.w_gate, xb, n, gate, false, s);
-    launch_matmul(L.w_up, xb, n, up, false, s);
-    launch_silu_mul(gate, up, (int64_t)n * c.n_ff, s);
+    if (fused) {
+      in.x = x;
+      in.norm_w = L.ffn_norm;
+      MvSeg ffn[2];
+      ffn[0].W = L.w_gate;
+      ffn[0].y = gate;
+      ffn[0].out = MvOut::SwiGLU;
+      ffn[1].W = L.w_up;
+      ffn[1].y = up;
+      launch_matvec_fused(ffn, 2, in, s);
+    } else {
+      launch_rmsnorm(xb, x, L.ffn_norm, n, d, c.rms_eps, s);
+      launch_matmul(L.w_gate, xb, n, gate, false, s);
+      launch_matmul(L.w_up, xb, n, up, false, s);
+      launch_silu_mul(gate, up, (int64_t)n * c.n_ff, s);
+    }
     launch_matmul(L.w_down, gate, n, x, /*accumulate=*/true, s);  // x += w_down . (silu(gate) * up)
   }
   if (want_logits) {
-    launch_rmsnorm(xn_.get<float>(), x + (size_t)(n - 1) * d, M.output_norm, 1, d, c.rms_eps, s);
-    launch_matmul(M.output, xn_.get<float>(), 1, logits_.get<float>(), false, s);
+    const float* last = x + (size_t)(n - 1) * d;
+    MvSeg head;
+    head.W = M.output;
+    head.y = logits_.get<float>();
+    MvInput hin;
+    hin.x = last;
+    hin.norm_w = M.output_norm;
+    hin.eps = c.rms_eps;
+    launch_matvec_fused(&head, 1, hin, s);
+    // the arg-max rides along (a few microseconds), so greedy decoding needs no second round trip
+    launch_argmax(logits_.get<float>(), c.n_vocab, best_.get<int32_t>(), argmax_work_.get(), s);
+    cuda_check(cudaMemcpyAsync(h_step_ + chunk_ + 1, best_.get(), 4, cudaMemcpyDeviceToHost, s), "arg-max download");
   }
 }
 
@@ -409,10 +464,7 @@ const std::vector<float>& CudaSessionImpl::logits() {
 
 int32_t CudaSessionImpl::argmax() {
   LKV_CHECK(logits_valid_, "no logits: the last evaluation did not ask for them");
-  launch_argmax(logits_.get<float>(), m_->cfg.n_vocab, best_.get<int32_t>(), stream_);
-  cuda_check(cudaMemcpyAsync(h_step_ + chunk_ + 1, best_.get(), 4, cudaMemcpyDeviceToHost, stream_), "arg-max download");
-  cuda_check(cudaStreamSynchronize(stream_), "arg-max");
-  return h_step_[chunk_ + 1];
+  return h_step_[chunk_ + 1];  // computed and downloaded with the logits (forward_chunk)
 }
 
 // Payload of DenseKvCache<uint16_t>::save: int32 n, then per (layer, head): keys in tiles of 64

@@ -1,6 +1,8 @@
 // cuda_kernels.cu — the small kernels of the forward pass: embedding rows, RMSNorm, SwiGLU,
 // RoPE fused with the KV store, arg-max of the logits; and the error helpers of cuda_common.cuh.
+#include <algorithm>
 #include <climits>
+#include <cmath>
 
 #include "cuda_kernels.cuh"
 
@@ -73,59 +75,98 @@ __global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
   }
 }
 
-// Block (hd/2, 8): thread x owns pair x of every head; the heads are split over y. The angle is
-// computed in double, as rope_apply does, and the rotation rounded as it rounds (no FMA), so q and
-// k match the CPU; k and v are then stored as f16.
+// Block (hd/2, 8): thread x owns pair x of every head; the heads are split over y. q and k are
+// rotated as rope_apply rotates them (rope_rotate); k and v are then stored as f16.
 __global__ void rope_store_kernel(RopeShape r, const int* pos, float* q, const float* k, const float* v,
                                   __half* k_cache, __half* v_cache) {
   const int t = blockIdx.x, i = threadIdx.x, hd = r.head_dim;
   const int p = *pos + t;
-  double sn_d, cs_d;
-  sincos((double)p * r.inv_freq[i], &sn_d, &cs_d);
-  const float cs = (float)cs_d, sn = (float)sn_d;
+  const double f = r.inv_freq[i];
   for (int h = threadIdx.y; h < r.n_head + r.n_head_kv; h += blockDim.y) {
     if (h < r.n_head) {
       float2* x = (float2*)(q + ((size_t)t * r.n_head + h) * hd) + i;
-      const float2 a = *x;
-      *x = make_float2(__fsub_rn(__fmul_rn(a.x, cs), __fmul_rn(a.y, sn)), __fadd_rn(__fmul_rn(a.x, sn), __fmul_rn(a.y, cs)));
+      *x = rope_rotate(*x, p, f);
     } else {
       const int hk = h - r.n_head;
       const size_t src = ((size_t)t * r.n_head_kv + hk) * hd + 2 * i;
       const size_t dst = ((size_t)hk * r.n_ctx + p) * hd + 2 * i;
-      const float2 a = *(const float2*)(k + src), b = *(const float2*)(v + src);
-      const float k0 = __fsub_rn(__fmul_rn(a.x, cs), __fmul_rn(a.y, sn));
-      const float k1 = __fadd_rn(__fmul_rn(a.x, sn), __fmul_rn(a.y, cs));
-      *(__half2*)(k_cache + dst) = __halves2half2(__float2half_rn(k0), __float2half_rn(k1));
+      const float2 a = rope_rotate(*(const float2*)(k + src), p, f), b = *(const float2*)(v + src);
+      *(__half2*)(k_cache + dst) = __halves2half2(__float2half_rn(a.x), __float2half_rn(a.y));
       *(__half2*)(v_cache + dst) = __halves2half2(__float2half_rn(b.x), __float2half_rn(b.y));
     }
   }
 }
 
-// One block: the largest value, lowest index on ties (as std::max_element); NaNs never win.
-__global__ void argmax_kernel(const float* x, int n, int32_t* out) {
+constexpr int kArgmaxThreads = 256, kArgmaxMaxBlocks = 132;
+
+struct ArgmaxWork {
+  unsigned int done;  // blocks finished in the launch under way; the last one resets it
+  float val[kArgmaxMaxBlocks];
+  int idx[kArgmaxMaxBlocks];
+};
+
+__device__ __forceinline__ bool argmax_better(float v, int i, float bv, int b) { return v > bv || (v == bv && i < b); }
+
+// The block's best (value, index) into thread 0's registers (every thread's pair enters).
+__device__ __forceinline__ void argmax_block(float& best, int& bi) {
   __shared__ float sv[32];
   __shared__ int si[32];
-  float best = -INFINITY;
-  int bi = INT_MAX;
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
-    if (x[i] > best || (bi == INT_MAX && x[i] == best)) { best = x[i]; bi = i; }
-  auto better = [](float v, int i, float bv, int b) { return v > bv || (v == bv && i < b); };
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, best, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (better(ov, oi, best, bi)) { best = ov; bi = oi; }
+    if (argmax_better(ov, oi, best, bi)) { best = ov; bi = oi; }
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) { sv[warp] = best; si[warp] = bi; }
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0)
     for (int w = 1; w < (int)(blockDim.x + 31) / 32; w++)
-      if (better(sv[w], si[w], best, bi)) { best = sv[w]; bi = si[w]; }
-    *out = bi == INT_MAX ? 0 : bi;  // all NaN: token 0
+      if (argmax_better(sv[w], si[w], best, bi)) { best = sv[w]; bi = si[w]; }
+  __syncthreads();
+}
+
+// Each block scans a strided share of x; the last block to finish merges the blocks' results.
+// Indices never found stay INT_MAX, so an all-NaN input gives token 0.
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* x, int n, int32_t* out, ArgmaxWork* w) {
+  float best = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const float v = x[i];
+    if (v > best || (bi == INT_MAX && v == best)) { best = v; bi = i; }  // ascending i: ties keep the first
+  }
+  argmax_block(best, bi);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    w->val[blockIdx.x] = best;
+    w->idx[blockIdx.x] = bi;
+    __threadfence();
+    last = atomicAdd(&w->done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  best = -INFINITY;
+  bi = INT_MAX;
+  for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) {
+    const float v = __ldcg(&w->val[b]);
+    const int i = __ldcg(&w->idx[b]);
+    if (argmax_better(v, i, best, bi)) { best = v; bi = i; }
+  }
+  argmax_block(best, bi);
+  if (threadIdx.x == 0) {
+    *out = bi == INT_MAX ? 0 : bi;
+    w->done = 0;
   }
 }
 
 }  // namespace
+
+std::vector<double> rope_inv_freq(const LlamaConfig& c) {
+  std::vector<double> inv((size_t)c.head_dim / 2);
+  for (int i = 0; i < c.head_dim / 2; i++)
+    inv[i] = (double)c.rope_freq_scale * std::pow((double)c.rope_base, -2.0 * i / c.head_dim) / c.rope_freq_factors[i];
+  return inv;
+}
 
 void launch_get_rows(const DevMatrix& W, const int32_t* ids, int n, float* out, cudaStream_t s) {
   const int threads = 128, blocks = std::min(ceil_div(W.cols / 8, threads), 64);
@@ -150,8 +191,11 @@ void launch_rope_store(const RopeShape& r, const int* pos, int n, float* q, cons
   LKV_CUDA_LAUNCHED("rope_store");
 }
 
-void launch_argmax(const float* x, int n, int32_t* out, cudaStream_t s) {
-  argmax_kernel<<<1, 1024, 0, s>>>(x, n, out);
+size_t argmax_work_bytes() { return sizeof(ArgmaxWork); }
+
+void launch_argmax(const float* x, int n, int32_t* out, void* work, cudaStream_t s) {
+  const int blocks = std::max(1, std::min(kArgmaxMaxBlocks, ceil_div(n, 8 * kArgmaxThreads)));
+  argmax_kernel<<<blocks, kArgmaxThreads, 0, s>>>(x, n, out, (ArgmaxWork*)work);
   LKV_CUDA_LAUNCHED("argmax");
 }
 

@@ -39,6 +39,9 @@ KvDevLayout kv_dev_layout(int hd, const KvSpec& spec) {
   L.vc_bytes = L.G * L.RB;
   L.image_bytes = L.vc_off + L.vc_bytes;
   L.block_bytes = (L.image_bytes + 15) / 16 * 16;
+  // the attention kernel's wide loads: key params 16-aligned (they open the record), value code
+  // rows 8-aligned with 8 consecutive channels in one plane
+  LKV_CHECK(L.vbits == 16 || (L.vc_off % 8 == 0 && L.RB % 8 == 0), "CUDA KV: value codes not 8-byte aligned");
   return L;
 }
 
@@ -223,51 +226,31 @@ __device__ __forceinline__ int ring_slot(int p, int cap) { return p % cap; }
 __global__ void kv_rope_q_kernel(RopeShape r, const int* pos, float* q) {
   const int t = blockIdx.x, i = threadIdx.x, hd = r.head_dim;
   const int p = *pos + t;
-  double sn_d, cs_d;
-  sincos((double)p * r.inv_freq[i], &sn_d, &cs_d);
-  const float cs = (float)cs_d, sn = (float)sn_d;
+  const double f = r.inv_freq[i];
   for (int h = threadIdx.y; h < r.n_head; h += blockDim.y) {
     float2* x = (float2*)(q + ((size_t)t * r.n_head + h) * hd) + i;
-    const float2 a = *x;
-    *x = make_float2(__fsub_rn(__fmul_rn(a.x, cs), __fmul_rn(a.y, sn)), __fadd_rn(__fmul_rn(a.x, sn), __fmul_rn(a.y, cs)));
+    *x = rope_rotate(*x, p, f);
   }
 }
 
-// One normalized fast Walsh-Hadamard transform of x[hd] in shared memory by hd/2 threads, in
-// kv_hadamard's butterfly order (every element sees the same float operations).
-__device__ __forceinline__ void hadamard_shared(float* x, int hd, float hs) {
-  const int i = threadIdx.x;
-  for (int len = 1; len < hd; len <<= 1) {
-    __syncthreads();
-    const int j = (i / len) * 2 * len + i % len;
-    const float a = x[j], b = x[j + len];
-    x[j] = __fadd_rn(a, b);
-    x[j + len] = __fsub_rn(a, b);
-  }
-  __syncthreads();
-  x[2 * i] = __fmul_rn(x[2 * i], hs);
-  x[2 * i + 1] = __fmul_rn(x[2 * i + 1], hs);
-  __syncthreads();
-}
-
-// Grid (n, n_kv), hd/2 threads: key head hk of token t roped (as rope_store_kernel), both rotated
-// when asked, stored as f16 at the ring slot of its position.
-__global__ void kv_store_kernel(RopeShape r, const int* pos, const float* k, const float* v, KvDevView kv, int rotate, float hs) {
+// Grid (n, n_kv), hd/2 threads: key head hk of token t roped (as rope_store_kernel) unless it comes
+// roped, both rotated when asked, stored as f16 at the ring slot of its position.
+__global__ void kv_store_kernel(RopeShape r, const int* pos, const float* k, const float* v, KvDevView kv, int rope, int rotate,
+                                float hs) {
   __shared__ float sk[kKvMaxHeadDim], sv[kKvMaxHeadDim];
   const int t = blockIdx.x, hk = blockIdx.y, i = threadIdx.x, hd = r.head_dim;
   const int p = *pos + t;
-  double sn_d, cs_d;
-  sincos((double)p * r.inv_freq[i], &sn_d, &cs_d);
-  const float cs = (float)cs_d, sn = (float)sn_d;
   const size_t src = ((size_t)t * r.n_head_kv + hk) * hd + 2 * i;
-  const float2 a = *(const float2*)(k + src), b = *(const float2*)(v + src);
-  sk[2 * i] = __fsub_rn(__fmul_rn(a.x, cs), __fmul_rn(a.y, sn));
-  sk[2 * i + 1] = __fadd_rn(__fmul_rn(a.x, sn), __fmul_rn(a.y, cs));
+  float2 a = *(const float2*)(k + src);
+  const float2 b = *(const float2*)(v + src);
+  if (rope) a = rope_rotate(a, p, r.inv_freq[i]);
+  sk[2 * i] = a.x;
+  sk[2 * i + 1] = a.y;
   sv[2 * i] = b.x;
   sv[2 * i + 1] = b.y;
   if (rotate) {
-    hadamard_shared(sk, hd, hs);
-    hadamard_shared(sv, hd, hs);
+    hadamard_shared_rows(sk, 1, hd, hs);
+    hadamard_shared_rows(sv, 1, hd, hs);
   }
   const size_t dst = ((size_t)hk * kv.cap + ring_slot(p, kv.cap)) * hd + 2 * i;
   *(__half2*)(kv.rk + dst) = __halves2half2(__float2half_rn(sk[2 * i]), __float2half_rn(sk[2 * i + 1]));
@@ -280,7 +263,7 @@ __global__ void hadamard_rows_kernel(float* x, int hd, float hs) {
   const int i = threadIdx.x;
   s[2 * i] = row[2 * i];
   s[2 * i + 1] = row[2 * i + 1];
-  hadamard_shared(s, hd, hs);
+  hadamard_shared_rows(s, 1, hd, hs);
   row[2 * i] = s[2 * i];
   row[2 * i + 1] = s[2 * i + 1];
 }
@@ -313,14 +296,15 @@ __device__ __forceinline__ void kv_load_key8(const KvDevView& kv, const uint8_t*
     for (int c = 0; c < 8; c++) f[c] = __half2float(((const __half*)(rec + L.kc_off + (size_t)(c0 + c) * L.Sk))[j]);
     return;
   }
-  const KvQParams* kp = (const KvQParams*)rec + c0;
+  // the 8 channels' params: 32 bytes at a 32-byte offset of the 16-aligned record, two loads
+  const uint4 pa = *(const uint4*)(rec + 4 * c0), pb = *(const uint4*)(rec + 4 * c0 + 16);
+  const uint32_t kp[8] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};  // scale | zero << 16
   const int byte = j % L.Sk, shift = L.kbits * (j / L.Sk);
   const unsigned mask = (1u << L.kbits) - 1u;
 #pragma unroll
   for (int c = 0; c < 8; c++) {
     const unsigned code = (rec[L.kc_off + (size_t)(c0 + c) * L.Sk + byte] >> shift) & mask;
-    const KvQParams q = kp[c];
-    f[c] = fmaf(f16_bits_to_f32(q.scale), (float)code, f16_bits_to_f32(q.zero));
+    f[c] = fmaf(f16_bits_to_f32((uint16_t)(kp[c] & 0xFFFF)), (float)code, f16_bits_to_f32((uint16_t)(kp[c] >> 16)));
   }
 }
 
@@ -344,10 +328,13 @@ __device__ __forceinline__ void kv_load_value8(const KvDevView& kv, const uint8_
   // a value group is a power of two >= 8 wide and c0 is a multiple of 8: one group for all 8
   const KvQParams q = vp[c0 / L.vg];
   const float s = f16_bits_to_f32(q.scale), z = f16_bits_to_f32(q.zero);
+  // channels c0..c0+7 are bytes c0 % RB .. +8 of one bit plane (RB is a multiple of 8 and the code
+  // rows are 8-aligned: kv_dev_layout checks it), one 8-byte load
+  const uint2 w = *(const uint2*)(codes + c0 % L.RB);
+  const int shift = L.vbits * (c0 / L.RB);
 #pragma unroll
   for (int c = 0; c < 8; c++) {
-    const int ch = c0 + c;
-    const unsigned code = (codes[ch % L.RB] >> (L.vbits * (ch / L.RB))) & mask;
+    const unsigned code = (((c < 4 ? w.x : w.y) >> (8 * (c & 3))) >> shift) & mask;
     f[c] = fmaf(s, (float)code, z);
   }
 }
@@ -360,6 +347,8 @@ struct KvAttnParams {
   const int* pos;
   int n_head, n_splits;
   float scale_log2;
+  int rotate;  // q Hadamard-rotated as it is read (scale hs)
+  float hs;
 };
 
 // cuda_attention.cu's kernel with its two loads replaced: keys and values come from the blocks
@@ -377,18 +366,25 @@ __global__ void __launch_bounds__(kAttnThreads) kv_attention_kernel(KvAttnParams
   const int nbG = *a.kv.nb * a.kv.L.G;
 
   const int limit = *a.pos + i + 1;
-  const int span = ((limit + a.n_splits - 1) / a.n_splits + 31) & ~31;
+  const int span = attn_span(limit, a.n_splits);
   const int j_begin = split * span, j_end = min(limit, j_begin + span);
 
   const uint8_t* hblocks = a.kv.blocks + (size_t)hk * a.kv.max_blocks * a.kv.L.block_bytes;
   const __half* hk_res = a.kv.rk + (size_t)hk * a.kv.cap * HD;
   const __half* hv_res = a.kv.rv + (size_t)hk * a.kv.cap * HD;
+  const float* qg = a.q + ((size_t)i * a.n_head + hk * G) * HD;  // the group's G query heads
+  __shared__ float s_q[GMAX * HD];
+  if (a.rotate) {  // uniform over the block
+    for (int e = tid; e < G * HD; e += kAttnThreads) s_q[e] = qg[e];
+    hadamard_shared_rows(s_q, G, HD, a.hs);
+    qg = s_q;
+  }
   float qr[GMAX][8], acc[GMAX][8];
 #pragma unroll
   for (int g = 0; g < GMAX; g++)
 #pragma unroll
     for (int c = 0; c < 8; c++) {
-      qr[g][c] = g < G ? a.q[((size_t)i * a.n_head + hk * G + g) * HD + 8 * dg + c] * a.scale_log2 : 0.0f;
+      qr[g][c] = g < G ? qg[g * HD + 8 * dg + c] * a.scale_log2 : 0.0f;
       acc[g][c] = 0.0f;
     }
   if (tid < GMAX) {
@@ -490,10 +486,13 @@ float hadamard_scale(int hd) { return 1.0f / std::sqrt((float)hd); }  // as kv_h
 // ---- launchers --------------------------------------------------------------------------------------
 
 void launch_kv_rope_store(const RopeShape& r, const int* pos, int n, float* q, const float* k, const float* v,
-                          const KvDevView& kv, bool rotate, cudaStream_t s) {
-  kv_rope_q_kernel<<<n, dim3(r.head_dim / 2, 8), 0, s>>>(r, pos, q);
-  LKV_CUDA_LAUNCHED("kv_rope_q");
-  kv_store_kernel<<<dim3(n, r.n_head_kv), r.head_dim / 2, 0, s>>>(r, pos, k, v, kv, rotate ? 1 : 0, hadamard_scale(r.head_dim));
+                          const KvDevView& kv, bool rotate, cudaStream_t s, bool roped) {
+  if (!roped) {
+    kv_rope_q_kernel<<<n, dim3(r.head_dim / 2, 8), 0, s>>>(r, pos, q);
+    LKV_CUDA_LAUNCHED("kv_rope_q");
+  }
+  kv_store_kernel<<<dim3(n, r.n_head_kv), r.head_dim / 2, 0, s>>>(r, pos, k, v, kv, roped ? 0 : 1, rotate ? 1 : 0,
+                                                                  hadamard_scale(r.head_dim));
   LKV_CUDA_LAUNCHED("kv_store");
 }
 
@@ -512,7 +511,7 @@ void launch_kv_quantize(const KvDevLayout& L, uint8_t* blocks, const __half* rk,
 }
 
 void launch_kv_attention(const AttnShape& a, const KvDevView& kv, const int* pos, int n, const float* q, float* out,
-                         float* partial, int n_splits, cudaStream_t s) {
+                         float* partial, int n_splits, bool rotate, cudaStream_t s) {
   LKV_CHECK(n_splits >= 1 && n_splits <= kAttnMaxSplits && (n_splits == 1 || partial), "attention: bad split count %d", n_splits);
   LKV_CHECK(kv.L.hd == a.head_dim && kv.n_kv == a.n_head_kv && kv.L.vg >= 8, "kv attention: layout does not match the shape");
   KvAttnParams p;
@@ -524,6 +523,8 @@ void launch_kv_attention(const AttnShape& a, const KvDevView& kv, const int* pos
   p.n_head = a.n_head;
   p.n_splits = n_splits;
   p.scale_log2 = (float)(1.4426950408889634 / std::sqrt((double)a.head_dim));
+  p.rotate = rotate ? 1 : 0;
+  p.hs = hadamard_scale(a.head_dim);
   const dim3 grid(a.n_head_kv, n, n_splits);
   const bool small_group = a.n_head / a.n_head_kv <= 4;
   if (a.head_dim == 64) {
@@ -534,7 +535,8 @@ void launch_kv_attention(const AttnShape& a, const KvDevView& kv, const int* pos
     else kv_attention_kernel<128, 8><<<grid, kAttnThreads, 0, s>>>(p);
   }
   LKV_CUDA_LAUNCHED("kv_attention");
-  if (n_splits > 1) launch_attention_combine(a, n, partial, out, n_splits, s);
+  if (n_splits > 1) launch_attention_combine(a, pos, n, partial, out, n_splits, s, rotate);
+  else if (rotate) launch_hadamard_rows(out, n * a.n_head, a.head_dim, s);
 }
 
 // ---- the store --------------------------------------------------------------------------------------
@@ -899,9 +901,7 @@ void kv_attention(const KvShape& s, const std::string& spec_text, const std::str
   cuda_check(cudaMemcpy(dpos.get(), &pos, 4, cudaMemcpyHostToDevice), "upload");
   cuda_check(cudaMemcpy(dout.get(), out - guard, no * 4, cudaMemcpyHostToDevice), "upload");
   float* o = dout.get<float>() + guard;
-  if (spec.rotate) launch_hadamard_rows(dq.get<float>(), n * s.n_head, hd, 0);
-  launch_kv_attention(a, store.view(0), dpos.get<int>(), n, dq.get<float>(), o, part.get<float>(), n_splits, 0);
-  if (spec.rotate) launch_hadamard_rows(o, n * s.n_head, hd, 0);
+  launch_kv_attention(a, store.view(0), dpos.get<int>(), n, dq.get<float>(), o, part.get<float>(), n_splits, spec.rotate, 0);
   cuda_check(cudaDeviceSynchronize(), "kv_attention");
   cuda_check(cudaMemcpy(out - guard, dout.get(), no * 4, cudaMemcpyDeviceToHost), "download");
 }

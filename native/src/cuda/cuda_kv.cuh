@@ -297,17 +297,20 @@ class CudaKvStore {
 struct RopeShape;
 // RoPE of q [n][n_head][hd] in place (as launch_rope_store) and of k, then k and v Hadamard-rotated
 // when `rotate` (scale hs = 1/sqrt(hd)) and stored as f16 at ring slots of positions [*pos, *pos+n).
+// roped: q and k come roped already (the fused decode products did it); only the store runs.
 void launch_kv_rope_store(const RopeShape& r, const int* pos, int n, float* q, const float* k, const float* v,
-                          const KvDevView& kv, bool rotate, cudaStream_t s);
+                          const KvDevView& kv, bool rotate, cudaStream_t s, bool roped = false);
 // The normalized Walsh-Hadamard transform of rows [rows][hd] in place (kv_hadamard's order).
 void launch_hadamard_rows(float* x, int rows, int hd, cudaStream_t s);
 // Quantizes blocks [b0, b0 + count) of every layer and head from their residual rows.
 void launch_kv_quantize(const KvDevLayout& L, uint8_t* blocks, const __half* rk, const __half* rv, int n_layer, int n_kv,
                         int max_blocks, int cap, int b0, int count, cudaStream_t s);
-// Causal attention of q [n][n_head][hd] (already rotated when the cache is) at positions
-// [*pos, *pos+n) over the compressed cache of one layer, as launch_attention over f16.
+// Causal attention of q [n][n_head][hd] at positions [*pos, *pos+n) over the compressed cache of
+// one layer, as launch_attention over f16. rotate (a cache of Hadamard-rotated keys and values): q
+// is rotated as the kernel reads it and out rotated back as it is written (the transform is its
+// own inverse), so q and out are in the model's own basis either way.
 struct AttnShape;
 void launch_kv_attention(const AttnShape& a, const KvDevView& kv, const int* pos, int n, const float* q, float* out,
-                         float* partial, int n_splits, cudaStream_t s);
+                         float* partial, int n_splits, bool rotate, cudaStream_t s);
 
 }  // namespace lkv

@@ -86,9 +86,7 @@ void rope_store(const LlamaConfig& c, int n_ctx, int pos, int n, float* q, const
                 uint16_t* k_cache, uint16_t* v_cache) {
   require_device();
   LKV_CHECK(pos >= 0 && pos + n <= n_ctx, "rope_store: positions [%d, %d) outside the cache of %d", pos, pos + n, n_ctx);
-  std::vector<double> inv((size_t)c.head_dim / 2);
-  for (int i = 0; i < c.head_dim / 2; i++)
-    inv[i] = (double)c.rope_freq_scale * std::pow((double)c.rope_base, -2.0 * i / c.head_dim) / c.rope_freq_factors[i];
+  const std::vector<double> inv = rope_inv_freq(c);
   const size_t nq = (size_t)n * c.n_head * c.head_dim, nk = (size_t)n * c.n_head_kv * c.head_dim;
   const size_t nc = (size_t)c.n_head_kv * n_ctx * c.head_dim;
   DeviceBuffer dinv = upload(inv.data(), inv.size(), "inv_freq"), dpos = upload(&pos, 1, "pos");
@@ -100,6 +98,65 @@ void rope_store(const LlamaConfig& c, int n_ctx, int pos, int n, float* q, const
   download(q, dq, nq, "rope_store");
   download(k_cache, dkc, nc, "rope_store");
   download(v_cache, dvc, nc, "rope_store");
+}
+
+void matvec_qkv(const LlamaConfig& c, const WeightView& wq, const WeightView& wk, const WeightView& wv, const float* x,
+                int n_tok, const float* norm_w, int n_ctx, int pos, float* q_out, size_t guard, uint16_t* k_cache,
+                uint16_t* v_cache) {
+  require_device();
+  LKV_CHECK(pos >= 0 && pos + n_tok <= n_ctx, "matvec_qkv: positions [%d, %d) outside the cache of %d", pos, pos + n_tok, n_ctx);
+  LKV_CHECK(guard % 4 == 0, "guard must keep outputs 16-byte aligned");
+  const std::vector<double> inv = rope_inv_freq(c);
+  DeviceBuffer sq, sk, sv;
+  MvSeg seg[3];
+  seg[0].W = upload_matrix(wq, sq, "wq");
+  seg[1].W = upload_matrix(wk, sk, "wk");
+  seg[2].W = upload_matrix(wv, sv, "wv");
+  const size_t nq = (size_t)n_tok * wq.rows + 2 * guard, nc = (size_t)c.n_head_kv * n_ctx * c.head_dim;
+  DeviceBuffer dx = upload(x, (size_t)n_tok * wq.cols, "x"), dw = upload(norm_w, (size_t)wq.cols, "norm");
+  DeviceBuffer dinv = upload(inv.data(), inv.size(), "inv_freq"), dpos = upload(&pos, 1, "pos");
+  DeviceBuffer dq = upload(q_out - guard, nq, "q"), dkc = upload(k_cache, nc, "k_cache"), dvc = upload(v_cache, nc, "v_cache");
+  const RopeShape r{dinv.get<double>(), c.head_dim, c.n_head, c.n_head_kv, n_ctx};
+  seg[0].y = dq.get<float>() + guard;
+  seg[0].out = MvOut::RopeQ;
+  seg[1].cache = dkc.get<__half>();
+  seg[1].out = MvOut::RopeStoreK;
+  seg[2].cache = dvc.get<__half>();
+  seg[2].out = MvOut::StoreV;
+  MvInput in;
+  in.x = dx.get<float>();
+  in.n_tok = n_tok;
+  in.norm_w = dw.get<float>();
+  in.eps = c.rms_eps;
+  in.rope = &r;
+  in.pos = dpos.get<int>();
+  launch_matvec_fused(seg, 3, in, 0);
+  download(q_out - guard, dq, nq, "matvec_qkv");
+  download(k_cache, dkc, nc, "matvec_qkv");
+  download(v_cache, dvc, nc, "matvec_qkv");
+}
+
+void matvec_swiglu(const WeightView& gate, const WeightView& up, const float* x, int n_tok, const float* norm_w, float eps,
+                   float* out, size_t guard) {
+  require_device();
+  LKV_CHECK(guard % 4 == 0, "guard must keep outputs 16-byte aligned");
+  DeviceBuffer sg, su;
+  MvSeg seg[2];
+  seg[0].W = upload_matrix(gate, sg, "gate");
+  seg[1].W = upload_matrix(up, su, "up");
+  const size_t no = (size_t)n_tok * gate.rows + 2 * guard;
+  DeviceBuffer dx = upload(x, (size_t)n_tok * gate.cols, "x"), dw = upload(norm_w, (size_t)gate.cols, "norm");
+  DeviceBuffer dout = upload(out - guard, no, "out"), dup((size_t)n_tok * up.rows * 4, "up scratch");
+  seg[0].y = dout.get<float>() + guard;
+  seg[0].out = MvOut::SwiGLU;
+  seg[1].y = dup.get<float>();
+  MvInput in;
+  in.x = dx.get<float>();
+  in.n_tok = n_tok;
+  in.norm_w = dw.get<float>();
+  in.eps = eps;
+  launch_matvec_fused(seg, 2, in, 0);
+  download(out - guard, dout, no, "matvec_swiglu");
 }
 
 void attention(const KvShape& s, int pos, int n, const float* q, const float* k, const float* v, int n_kv, float* out,
@@ -132,10 +189,15 @@ void attention(const KvShape& s, int pos, int n, const float* q, const float* k,
 
 int32_t argmax(const float* x, int n) {
   require_device();
-  DeviceBuffer dx = upload(x, (size_t)n, "x"), dout(4, "out");
-  launch_argmax(dx.get<float>(), n, dout.get<int32_t>(), 0);
+  DeviceBuffer dx = upload(x, (size_t)n, "x"), dout(4, "out"), work(argmax_work_bytes(), "arg-max workspace");
+  cuda_check(cudaMemset(work.get(), 0, work.bytes()), "arg-max workspace");
+  launch_argmax(dx.get<float>(), n, dout.get<int32_t>(), work.get(), 0);
   int32_t r = -1;
   download(&r, dout, 1, "argmax");
+  // the workspace is left as it was found (the next launch relies on it)
+  unsigned done = 1;
+  download(&done, work, 1, "argmax");
+  LKV_CHECK(done == 0, "argmax: the workspace counter was left at %u", done);
   return r;
 }
 

@@ -38,6 +38,16 @@ void rope_store(const LlamaConfig& c, int n_ctx, int pos, int n, float* q, const
 void attention(const KvShape& s, int pos, int n, const float* q, const float* k, const float* v, int n_kv, float* out,
                size_t guard, int n_splits);
 int32_t argmax(const float* x, int n);
+// The decode step's fused products (launch_matvec_fused) with the RMSNorm of x (norm_w, c.rms_eps)
+// inside: q/k/v of n_tok tokens at positions [pos, pos+n_tok) in one call, q roped into q_out
+// [n_tok][n_head*hd] (with `guard`), k roped and v stored as f16 into k_cache/v_cache
+// ([n_head_kv][n_ctx][hd]; the whole caches go up and come back).
+void matvec_qkv(const LlamaConfig& c, const WeightView& wq, const WeightView& wk, const WeightView& wv, const float* x,
+                int n_tok, const float* norm_w, int n_ctx, int pos, float* q_out, size_t guard, uint16_t* k_cache,
+                uint16_t* v_cache);
+// out [n_tok][gate.rows] = silu(gate xn) * (up xn), xn = RMSNorm(x; norm_w, eps), in one call
+void matvec_swiglu(const WeightView& gate, const WeightView& up, const float* x, int n_tok, const float* norm_w, float eps,
+                   float* out, size_t guard);
 // Runs on the CPU, no device needed: W rewritten into the device layout and read back through
 // the kernels' decoder (dequant8, compiled for the host too), out [rows][cols]. Lets a machine
 // without a GPU check the layout and decoding of every format against dequantize_row_ref.
