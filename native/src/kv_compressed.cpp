@@ -42,6 +42,8 @@ struct Head {
   SlotTable table;               // positions -> tier, importance (managed caches only)
   std::vector<float> kmean;      // running mean key (agnostic policy)
   int64_t kcount = 0;
+  double loc_sum = 0;            // hl: the probed chunks' local attention shares, summed
+  int32_t loc_n = 0;             //     and counted
 
   int res_rows() const { return (int)rpos.size(); }
 };
@@ -106,17 +108,19 @@ class CompressedKvCache final : public KvCache {
   void attend(int layer, int pos, int n, const float* q, float* out, ThreadPool* pool) override {
     LKV_CHECK(pos + n <= len_[layer], "kv cache: attention past stored positions");
     if (pool) pool_ = pool;
-    if (reference_) return attend_reference(layer, pos, n, q, out);
-    const bool gather = spec_.managed() && spec_.policy != KvPolicy::Agnostic;
+    const bool probe = n > 1 && locality_probe_due(pos + n) && head(layer, 0).loc_n < kLocalityProbes;
+    if (reference_) return attend_reference(layer, pos, n, q, out, probe);
+    const bool scores = spec_.managed() && spec_.policy != KvPolicy::Agnostic;
     // one query (decode): the attention pass keeps its scores and gathers the mass itself
-    attend_tiled(layer, pos, n, q, out, pool, gather);
-    if (gather && n > 1) gather_importance(layer, pos, n, q, pool);
+    attend_tiled(layer, pos, n, q, out, pool, scores || probe);
+    if ((scores && n > 1) || probe) gather_importance(layer, pos, n, q, pool, scores && n > 1, probe);
   }
 
   void commit(int n) override {
     for (int l = 0; l < s_.n_layer; l++) LKV_CHECK(len_[l] >= n, "kv cache: commit(%d) before layer %d stored it", n, l);
     const int tasks = (int)heads_.size();
-    auto task = [&](int i) { settle(heads_[(size_t)i], n); };
+    const std::vector<int> budgets = head_budgets(n);
+    auto task = [&](int i) { settle(heads_[(size_t)i], n, budgets.empty() ? -1 : budgets[(size_t)i]); };
     if (pool_ && tasks > 1) pool_->run(tasks, task);
     else for (int i = 0; i < tasks; i++) task(i);
     n_tokens_ = n;
@@ -267,6 +271,10 @@ class CompressedKvCache final : public KvCache {
       put_vec(out, H.table.scores());
       put_vec(out, H.kmean);
       put<int64_t>(out, H.kcount);
+      if (spec_.locality > 0) {  // hl specs only (the spec is in the header)
+        put<double>(out, H.loc_sum);
+        put<int32_t>(out, H.loc_n);
+      }
       put<uint64_t>(out, H.journal.size());
       for (const Undo& u : H.journal) {
         put(out, u.commit);
@@ -369,6 +377,11 @@ class CompressedKvCache final : public KvCache {
       LKV_CHECK(!spec_.managed() || H.table.held() == (int)seen.size(), "kv state: slot table disagrees with the blocks");
       get_vec(in, H.kmean, heads_[0].kmean.size(), "key mean");
       H.kcount = get<int64_t>(in);
+      if (spec_.locality > 0) {
+        H.loc_sum = get<double>(in);
+        H.loc_n = get<int32_t>(in);
+        LKV_CHECK(H.loc_n >= 0 && H.loc_sum >= 0 && H.loc_sum <= 1.001 * H.loc_n, "kv state: bad head locality");
+      }
       const uint64_t nj = get<uint64_t>(in);
       LKV_CHECK(nj <= (uint64_t)n * 2 + 1, "kv state: bad journal length");
       for (uint64_t i = 0; i < nj; i++) {
@@ -533,8 +546,45 @@ class CompressedKvCache final : public KvCache {
                    H.blocks.end());
   }
 
-  // Quantizes full blocks out of the residual window, then enforces the budget and the tiers.
-  void settle(Head& H, int n) {
+  // ---- head-adaptive budgets (hl) ----
+  // Probes per head: a mean of this many chunks decides, and later chunks skip the extra pass (its
+  // cost grows with the context: the last `ow` queries against every held key).
+  static constexpr int kLocalityProbes = 16;
+  // Probed once the context is 4x what every head keeps anyway (before that the sinks and the
+  // window are most of the keys, and every head looks local).
+  bool locality_probe_due(int len) const {
+    return spec_.locality > 0 && spec_.evicts() && len >= 4 * (spec_.sinks + spec_.recent);
+  }
+  // A head is streaming once probed and its mean local share reaches the threshold.
+  bool streaming(const Head& H) const { return spec_.locality > 0 && H.loc_n > 0 && H.loc_sum / H.loc_n >= spec_.locality; }
+  // Per head, the slots it may hold at length n: streaming heads the sinks and the recent window,
+  // the others the uniform budget plus an equal share of what the streaming heads gave up (at most
+  // n). Empty when the budget is uniform (no hl, or no head streaming).
+  // Until the heads are probed nothing is evicted (a retrieval head thinned by the uniform budget
+  // before it was known would lose those tokens for good), unless no prefill chunk ever probes
+  // them (token-by-token decoding): from twice the probe's start on, the budget is uniform.
+  std::vector<int> head_budgets(int n) const {
+    if (spec_.locality <= 0 || !spec_.evicts()) return {};
+    const int probe_from = 4 * (spec_.sinks + spec_.recent);
+    bool probed = true;
+    for (const Head& H : heads_) probed &= H.loc_n > 0;
+    if (!probed && n < 2 * probe_from) return std::vector<int>(heads_.size(), n);
+    const int uniform = spec_.budget_tokens > 0 ? spec_.budget_tokens : fraction_budget(n);
+    const int floor = std::min(uniform, spec_.sinks + spec_.recent);
+    int n_stream = 0;
+    for (const Head& H : heads_) n_stream += streaming(H);
+    if (n_stream == 0) return {};
+    const int n_other = (int)heads_.size() - n_stream;
+    const int64_t freed = (int64_t)n_stream * (uniform - floor);
+    const int extra = n_other > 0 ? (int)(freed / n_other) : 0;
+    std::vector<int> b(heads_.size());
+    for (size_t i = 0; i < heads_.size(); i++) b[i] = streaming(heads_[i]) ? floor : (int)std::min<int64_t>(n, (int64_t)uniform + extra);
+    return b;
+  }
+
+  // Quantizes full blocks out of the residual window, then enforces the budget (`budget` slots, or
+  // the spec's own when < 0) and the tiers.
+  void settle(Head& H, int n, int budget_override) {
     const int hd = s_.head_dim, G = spec_.group, R = spec_.residual;
     const bool managed = spec_.managed();
     const RankKind kind = rank_kind();
@@ -576,7 +626,7 @@ class CompressedKvCache final : public KvCache {
       H.rpos.shrink_to_fit();
     }
     if (managed && spec_.evicts()) {
-      const int budget = spec_.budget_tokens > 0 ? spec_.budget_tokens : fraction_budget(n);
+      const int budget = budget_override >= 0 ? budget_override : spec_.budget_tokens > 0 ? spec_.budget_tokens : fraction_budget(n);
       const std::vector<int> ev = pick_evictions(H.table, kind, n, rules, budget, std::max(1, G / 2));
       if (!ev.empty()) move_rows(H, ev, -1, n);
     }
@@ -832,11 +882,19 @@ class CompressedKvCache final : public KvCache {
   // Importance from attention, per KV head: H2O adds every query's attention (summed over the
   // group's heads) to each slot; SnapKV takes the last `ow` queries of this chunk, averages, max-
   // pools over neighbouring positions (kernel 7) and keeps the largest such value per slot.
-  void gather_importance(int layer, int pos, int n, const float* q, ThreadPool* pool) {
+  // probe (hl): also the share of the last `ow` queries' attention that falls on the sinks and on
+  // the recent window (keys from w before the first probed query on), added to the head's mean.
+  // With H2O scores the mass of every query is gathered; the probe then takes a second pass.
+  void gather_importance(int layer, int pos, int n, const float* q, ThreadPool* pool, bool scores, bool probe) {
+    const int obs_first = std::max(0, n - spec_.obs_window);
+    const bool snap = spec_.policy == KvPolicy::SnapKV;
+    if (scores && probe && !snap) {
+      gather_importance(layer, pos, n, q, pool, true, false);
+      scores = false;
+    }
     const int hd = s_.head_dim, group = s_.n_head / s_.n_head_kv, nh = s_.n_head;
     const float scale = 1.0f / std::sqrt((float)hd);
-    const bool snap = spec_.policy == KvPolicy::SnapKV;
-    const int first = snap ? std::max(0, n - spec_.obs_window) : 0;
+    const int first = snap || !scores ? obs_first : 0;
     const int len = len_[layer];
     auto task = [&](int hk) {
       Head& H = head(layer, hk);
@@ -890,21 +948,32 @@ class CompressedKvCache final : public KvCache {
         const int nk = std::min(kResTile, H.res_rows() - r0);
         add_tile(nk, H.rpos.data() + r0, true, H.rk.data() + (size_t)r0 * hd);
       }
-      apply_mass(H, mass, (n - first) * group);
+      if (scores) apply_mass(H, mass, (n - first) * group);
+      if (probe) {
+        const int local_from = std::max(0, pos + first - spec_.recent);
+        double local = 0;
+        for (int p = 0; p < std::min(spec_.sinks, local_from); p++) local += mass[(size_t)p];
+        for (int p = local_from; p < len; p++) local += mass[(size_t)p];
+        H.loc_sum += local / ((n - first) * group);
+        H.loc_n++;
+      }
     };
     if (pool && s_.n_head_kv > 1) pool->run(s_.n_head_kv, task);
     else for (int h = 0; h < s_.n_head_kv; h++) task(h);
   }
 
   // Plain attention over the dequantized rows (reference functions only), double accumulation.
-  void attend_reference(int layer, int pos, int n, const float* q, float* out) {
+  // probe: the head-locality probe of gather_importance, in double.
+  void attend_reference(int layer, int pos, int n, const float* q, float* out, bool probe) {
     const int hd = s_.head_dim, group = s_.n_head / s_.n_head_kv;
     const double scale = 1.0 / std::sqrt((double)hd);
+    const int obs_first = std::max(0, n - spec_.obs_window), local_from = std::max(0, pos + obs_first - spec_.recent);
     for (int hk = 0; hk < s_.n_head_kv; hk++) {
       std::vector<int> ps;
       std::vector<float> k, v;
       dequantize_head(layer, hk, ps, k, v);
       std::vector<double> sc(ps.size());
+      double local = 0;
       for (int i = 0; i < n; i++)
         for (int g = 0; g < group; g++) {
           const int h = hk * group + g;
@@ -926,7 +995,15 @@ class CompressedKvCache final : public KvCache {
             for (size_t j = 0; j < vis; j++) acc += sc[j] * v[j * hd + c];
             o[c] = (float)(acc / sum);
           }
+          if (probe && i >= obs_first)
+            for (size_t j = 0; j < vis; j++)
+              if (ps[j] < std::min(spec_.sinks, local_from) || ps[j] >= local_from) local += sc[j] / sum;
         }
+      if (probe) {
+        Head& H = head(layer, hk);
+        H.loc_sum += local / ((n - obs_first) * group);
+        H.loc_n++;
+      }
     }
   }
 

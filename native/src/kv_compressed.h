@@ -32,12 +32,21 @@
 //                                       (KeyDiff; needs no queries: for a workspace prefilled
 //                                       before any question exists)
 //           | ow N                      SnapKV observation window (queries per chunk)
+//           | hl FRACTION               head-adaptive budget (with eviction): a KV head whose probed
+//                                       queries (the last `ow` of each prefill chunk, once the
+//                                       context is 4x the sinks and recent window; 16 chunks) put on average
+//                                       at least that share of their attention on the sinks and
+//                                       the recent window is a streaming head: it keeps only
+//                                       those, and the tokens it gives up go to the other heads,
+//                                       so the budget is the mean over heads (DuoAttention's
+//                                       streaming/retrieval split, measured instead of trained).
+//                                       0 = off; written only when on
 //           | rw N                      rewind window: evictions and demotions of the last N
 //                                       tokens are journaled so truncate() undoes them exactly
 //                                       (the journal's bytes are counted; 0 = no journal)
 //
 // Canonical form (spec() returns it, state files compare it): every knob, in the order
-//   k,v | t ; g ; vg ; r ; rot|norot ; o ; b ; s ; w ; policy ; ow ; rw
+//   k,v | t ; g ; vg ; r ; rot|norot ; o ; b ; s ; w ; [hl] ; policy ; ow ; rw
 // e.g. "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw1024".
 //
 // Rewind (truncate to n): journaled evictions and demotions made after n are undone exactly, and
@@ -75,6 +84,7 @@ struct KvSpec {
   KvPolicy policy = KvPolicy::H2O;
   int obs_window = 32;
   int rewind = 512;          // rw: journal window in tokens
+  double locality = 0.0;     // hl: streaming-head threshold (0 = off; only with eviction)
 
   bool evicts() const { return budget_tokens > 0 || budget_frac < 1.0; }
   bool managed() const { return evicts() || tiers.size() > 1; }  // needs per-slot bookkeeping

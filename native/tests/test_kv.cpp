@@ -5,6 +5,7 @@
 // save/load; the slot bookkeeping on hand-computed cases; eviction, importance and tiers in a live
 // cache. Needs no model.
 // Usage: test_kv [seed] [--timing]   (ends with "N passed, M failed")
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -106,7 +107,15 @@ void test_spec() {
       {"", "empty spec"},
       {"o0.5", "outlier share"},
       {"b3,s4", "no room beyond"},
+      {"b0.5,hl1.5", "locality threshold"},
   };
+  {
+    const std::string c = kv_spec_string(parse_kv_spec("q2,b0.5,agnostic,hl0.9"));
+    const std::string u = kv_spec_string(parse_kv_spec("q2,hl0.9"));  // keeps every token: no head budgets
+    report(c.find(",w128,hl0.9,agnostic,") != std::string::npos && kv_spec_string(parse_kv_spec(c)) == c &&
+               u.find("hl") == std::string::npos && kv_spec_string(parse_kv_spec("q2,b0.5")).find("hl") == std::string::npos,
+           "spec hl: written after w when on and evicting, never otherwise", c + " | " + u);
+  }
   for (const Bad& b : bad) {
     std::string msg;
     const bool ok = throws_with([&] { parse_kv_spec(b.spec); }, b.needle, &msg);
@@ -753,6 +762,62 @@ void test_row_positions() {
 
 // ---- eviction, importance, tiers in a live cache ----------------------------------------------------
 
+// Head-adaptive budgets (hl): KV head 0's queries look at their own key (a streaming head), KV
+// head 1's are nearly uniform (a retrieval head). Once probed, head 0 keeps the sinks and the
+// recent window, head 1 the uniform budget plus what head 0 gave up, so together they hold what
+// two uniform heads would; the reference attention probes alike; the split survives a state file.
+void test_head_budgets(ThreadPool* pool) {
+  KvShape sh = test_shape(640);
+  sh.n_layer = 1;
+  const std::string spec = "k2,v2,g16,r8,b0.5,s2,w16,hl0.9,agnostic,ow4";
+  auto feed = [&](KvCache* c, std::mt19937& rng, int upto) {
+    std::normal_distribution<float> nd(0.f, 1.f);
+    while (c->n_tokens() < upto) {
+      const int pos = c->n_tokens(), n = std::min(32, upto - pos), kvd = 2 * 64;
+      std::vector<float> k((size_t)n * kvd), v((size_t)n * kvd), q((size_t)n * 4 * 64), out(q.size());
+      for (auto& x : k) x = nd(rng);
+      for (auto& x : v) x = nd(rng);
+      for (int i = 0; i < n; i++)
+        for (int h = 0; h < 4; h++)
+          for (int d = 0; d < 64; d++)  // heads 0, 1 (KV head 0): 4x their own key; heads 2, 3: faint noise
+            q[((size_t)i * 4 + h) * 64 + d] = h < 2 ? 4.f * k[(size_t)i * kvd + d] : 0.05f * nd(rng);
+      c->store(0, pos, n, k.data(), v.data());
+      c->attend(0, pos, n, q.data(), out.data(), pool);
+      c->commit(pos + n);
+    }
+  };
+  auto held = [](const KvCache* c, int h) {
+    std::vector<float> sc;
+    std::vector<int> tier;
+    kvtest::slot_table(c, 0, h, sc, tier);
+    return (int)std::count_if(tier.begin(), tier.end(), [](int t) { return t != SlotTable::kEvicted; });
+  };
+  std::mt19937 rng(7), rng_ref(7);
+  auto c = make_kv_cache(sh, spec), r = make_kv_cache(sh, spec);
+  kvtest::set_reference(r.get(), true);
+  feed(c.get(), rng, 512);
+  feed(r.get(), rng_ref, 512);
+  const int n = 512, kept = 2 + 16, uniform = kept + (int)std::ceil(0.5 * (n - kept)), slack = 8;  // slack: G/2 batches
+  const int h0 = held(c.get(), 0), h1 = held(c.get(), 1);
+  report(h0 <= kept + slack && h1 >= std::min(n, 2 * uniform - kept) - slack && h0 + h1 <= 2 * uniform + 2 * slack &&
+             held(r.get(), 0) == h0 && held(r.get(), 1) == h1,
+         "hl: a streaming head keeps the sinks and the window, the other head its tokens; reference alike",
+         strprintf("held %d / %d (uniform %d each; reference %d / %d)", h0, h1, uniform, held(r.get(), 0), held(r.get(), 1)));
+  // state round trip, then both continue alike
+  std::stringstream ss;
+  c->save(ss);
+  auto f = make_kv_cache(sh, spec);
+  f->load(ss);
+  std::mt19937 a(9), b(9);
+  feed(c.get(), a, 600);
+  feed(f.get(), b, 600);
+  std::stringstream s1, s2;
+  c->save(s1);
+  f->save(s2);
+  report(s1.str() == s2.str() && held(f.get(), 0) <= kept + slack, "hl: head localities survive a state file",
+         strprintf("held %d / %d after 600", held(f.get(), 0), held(f.get(), 1)));
+}
+
 void test_live_policy(ThreadPool* pool) {
   // H2O mass: every query's attention sums to 1 per head, so a chunk of n queries adds exactly
   // n * group (2 query heads per KV head) to a KV head's scores when nothing is evicted.
@@ -1036,6 +1101,7 @@ int main(int argc, char** argv) {
   test_policy();
   test_row_positions();
   test_live_policy(&pool);
+  test_head_budgets(&pool);
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
