@@ -102,6 +102,23 @@ for (const ctx of [1024, 4096]) {
   });
 }
 
+test('balanced (40% evicted) keeps every needle at 4096 tokens by taking the cut from the streaming head; a uniform cut loses some', async () => {
+  const file = await needleModel();
+  const model = await Model.load(file, { threads: 2 });
+  try {
+    const run = (kv: string) => evalNeedle(model, { contextTokens: 4096, nNeedles: 32, kv, seed: 1 });
+    const r = await run('balanced');
+    const missed = r.results.filter((x) => !x.ok).map((x) => `depth ${x.depth.toFixed(2)}`);
+    assert.equal(r.correct, 32, `balanced missed: ${missed.join(', ')}`);
+    assert.ok(r.kv && r.kv.f16Bytes / r.kv.bytes > 7, `balanced is ${r.kv && (r.kv.f16Bytes / r.kv.bytes).toFixed(2)}x smaller`);
+    // the same budget cut evenly across heads (no head budgets): the retrieval head loses needles
+    const u = await run('balanced,hl0');
+    assert.ok(u.correct <= 28, `a uniform cut found ${u.correct}/32`);
+  } finally {
+    model.dispose();
+  }
+});
+
 test('llama.cpp (f16 KV) retrieves 16/16 needles at 1024 tokens', async () => {
   const file = await needleModel();
   const llama = await llamaCpp();
