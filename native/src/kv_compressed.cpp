@@ -937,12 +937,22 @@ class CompressedKvCache final : public KvCache {
           }
         }
       };
+      // the probe alone needs only the keys it counts (the softmax normalizers are attend's), so
+      // blocks with no sink and nothing in the recent window are skipped: its cost stays that of
+      // the window, not of the context
+      const int local_from = std::max(0, pos + first - spec_.recent), sink_end = std::min(spec_.sinks, local_from);
       for (const Block& b : H.blocks) {  // managed caches keep per-row positions in every block
         if (b.n == 0) continue;
+        const int32_t* position = b.pos.data(posbuf);
+        if (!scores) {
+          bool counted = false;
+          for (int j = 0; j < b.n && !counted; j++) counted = position[j] < sink_end || position[j] >= local_from;
+          if (!counted) continue;
+        }
         ops.decode_keys(b, hd, kt.data(), ts_);
         blk = &b;
         key_params(b, hd, ksc.data(), kz.data());
-        add_tile(b.n, b.pos.data(posbuf), false, nullptr);
+        add_tile(b.n, position, false, nullptr);
       }
       for (int r0 = 0; r0 < H.res_rows(); r0 += kResTile) {
         const int nk = std::min(kResTile, H.res_rows() - r0);
@@ -950,9 +960,8 @@ class CompressedKvCache final : public KvCache {
       }
       if (scores) apply_mass(H, mass, (n - first) * group);
       if (probe) {
-        const int local_from = std::max(0, pos + first - spec_.recent);
         double local = 0;
-        for (int p = 0; p < std::min(spec_.sinks, local_from); p++) local += mass[(size_t)p];
+        for (int p = 0; p < sink_end; p++) local += mass[(size_t)p];
         for (int p = local_from; p < len; p++) local += mass[(size_t)p];
         H.loc_sum += local / ((n - first) * group);
         H.loc_n++;
