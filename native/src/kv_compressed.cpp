@@ -547,8 +547,8 @@ class CompressedKvCache final : public KvCache {
   }
 
   // ---- head-adaptive budgets (hl) ----
-  // Probes per head: a mean of this many chunks decides, and later chunks skip the extra pass (its
-  // cost grows with the context: the last `ow` queries against every held key).
+  // Probes per head: a mean of this many chunks decides, and later chunks skip the extra pass over
+  // the sink and recent-window blocks for the last `ow` queries.
   static constexpr int kLocalityProbes = 16;
   // Probed once the context is 4x what every head keeps anyway (before that the sinks and the
   // window are most of the keys, and every head looks local).
