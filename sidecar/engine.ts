@@ -392,6 +392,7 @@ export class Session {
       perLayer: k.perLayer,
       tiers,
       breakdown: k.breakdown,
+      ...(k.streamingHeads !== undefined ? { streamingHeads: k.streamingHeads } : {}),
     };
   }
 

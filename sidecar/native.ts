@@ -44,6 +44,8 @@ export interface NativeSession {
     residualTokens: number;
     evictedTokens: number;
     tierTokens: number[];
+    /** (layer, KV head) pairs the head budgets (hl) found to be streaming heads; absent without hl. */
+    streamingHeads?: number;
   };
   saveState(file: string, meta: string): Promise<void>;
   loadState(file: string): Promise<string>;

@@ -20,6 +20,8 @@ export interface KvStats {
   tiers?: Record<string, number>;
   /** Where the bytes go (compressed caches): codes, scales/zero points, exact outliers, f16 residual, bookkeeping, rewind journal. */
   breakdown?: { codes: number; scales: number; outliers: number; residual: number; index: number; journal: number };
+  /** With head budgets (hl): how many (layer, KV head) pairs keep only the sinks and recent window. */
+  streamingHeads?: number;
 }
 
 /** A model's name and dimensions, as its GGUF header declares them. */

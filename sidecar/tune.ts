@@ -85,6 +85,8 @@ export interface TuneRow {
   needle?: NeedleScore;
   /** Where the bytes go, per token (codes, scales, outliers, residual, index, journal), when the cache reports it. */
   breakdown?: Record<string, number>;
+  /** With head budgets (hl): (layer, KV head) pairs found streaming (they keep only the sinks and recent window). */
+  streamingHeads?: number;
   prefillMs: number;
   decodeMsPerToken: number;
   /** On the Pareto frontier of (bytes per token, KL): no other row has both no more bytes and no more KL. */
@@ -336,6 +338,7 @@ export async function runTune(o: TuneOptions, log: (s: string) => void = () => {
         breakdown: st.breakdown
           ? Object.fromEntries(Object.entries(st.breakdown).map(([k, v]) => [k, Math.round((v / Math.max(1, st.tokens)) * 100) / 100]))
           : undefined,
+        ...(st.streamingHeads !== undefined ? { streamingHeads: st.streamingHeads } : {}),
         prefillMs: r.prefillMs,
         decodeMsPerToken: r.decodeMs / Math.max(1, o.decode),
         frontier: false,
@@ -349,7 +352,8 @@ export async function runTune(o: TuneOptions, log: (s: string) => void = () => {
       }
       rows.push(row);
       log(`  ${name.padEnd(26)} ${row.bytesPerToken.toFixed(1).padStart(9)} B/token  ${row.ratio.toFixed(2).padStart(6)}x  KL ${fmtKl(row.kl)}  ` +
-        `top-1 ${(row.top1 * 100).toFixed(1)}%${row.needle ? `  needle ${row.needle.correct}/${row.needle.total}` : ''}`);
+        `top-1 ${(row.top1 * 100).toFixed(1)}%${row.needle ? `  needle ${row.needle.correct}/${row.needle.total}` : ''}` +
+        (row.streamingHeads !== undefined ? `  streaming heads ${row.streamingHeads}/${info.nLayer * info.nHeadKv}` : ''));
     }
     rows.sort((a, b) => a.bytesPerToken - b.bytesPerToken || a.kl - b.kl);
     markFrontier(rows);
@@ -402,6 +406,8 @@ export function renderTable(rep: TuneReport): string {
     ...lines.map(fmtLine),
     '',
     `* = Pareto frontier of bytes per token against KL. Bound: ${bound}.`,
+    ...rep.rows.filter((r) => r.streamingHeads !== undefined).map((r) =>
+      `${r.name}: ${r.streamingHeads} of ${rep.model.nLayer * rep.model.nHeadKv} KV heads streaming (keep only the sinks and the recent window; hl)`),
     best
       ? `recommended: ${best.name} (${best.spec}): ${best.bytesPerToken.toFixed(1)} bytes/token, ${best.ratio.toFixed(2)}x smaller than f16, ` +
         `KL ${fmtKl(best.kl)}, top-1 ${(best.top1 * 100).toFixed(1)}%${best.needle ? `, needle ${best.needle.correct}/${best.needle.total}` : ''}`

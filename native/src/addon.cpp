@@ -111,6 +111,7 @@ Napi::Object kv_stats_object(Napi::Env env, const KvStats& st) {
   Napi::Array tiers = Napi::Array::New(env, st.tier_tokens.size());
   for (size_t i = 0; i < st.tier_tokens.size(); i++) tiers.Set((uint32_t)i, st.tier_tokens[i]);
   o.Set("tierTokens", tiers);
+  if (st.streaming_heads >= 0) o.Set("streamingHeads", st.streaming_heads);
   return o;
 }
 

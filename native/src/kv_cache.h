@@ -39,6 +39,7 @@ struct KvStats {
   double residual_tokens = 0;  // mean tokens per layer and head held in the f16 residual
   double evicted_tokens = 0;   // mean tokens per layer and head evicted
   std::vector<double> tier_tokens;  // mean tokens per layer and head quantized at each tier
+  int streaming_heads = -1;         // (layer, KV head)s the head budgets (hl) keep as streaming; -1 without hl
 };
 
 class KvCache {

@@ -230,6 +230,10 @@ class CompressedKvCache final : public KvCache {
     st.resident_tokens = rows / nh;
     st.residual_tokens = res / nh;
     st.evicted_tokens = evicted / nh;
+    if (spec_.locality > 0) {
+      st.streaming_heads = 0;
+      for (const Head& H : heads_) st.streaming_heads += streaming(H);
+    }
     for (double& t : st.tier_tokens) t /= nh;
     return st;
   }

@@ -800,7 +800,8 @@ void test_head_budgets(ThreadPool* pool) {
   const int n = 512, kept = 2 + 16, uniform = kept + (int)std::ceil(0.5 * (n - kept)), slack = 8;  // slack: G/2 batches
   const int h0 = held(c.get(), 0), h1 = held(c.get(), 1);
   report(h0 <= kept + slack && h1 >= std::min(n, 2 * uniform - kept) - slack && h0 + h1 <= 2 * uniform + 2 * slack &&
-             held(r.get(), 0) == h0 && held(r.get(), 1) == h1,
+             held(r.get(), 0) == h0 && held(r.get(), 1) == h1 && c->stats().streaming_heads == 1 &&
+             make_kv_cache(sh, "q2,b0.5")->stats().streaming_heads == -1,
          "hl: a streaming head keeps the sinks and the window, the other head its tokens; reference alike",
          strprintf("held %d / %d (uniform %d each; reference %d / %d)", h0, h1, uniform, held(r.get(), 0), held(r.get(), 1)));
   // state round trip, then both continue alike

@@ -38,6 +38,10 @@ test('llamakv tune on the tiny model: exact f16 row, q8 beats q2, smallest setti
   // the f16 cache against itself: the same computation, so the same distributions
   assert.ok(row('off').kl < 1e-9, `off KL ${row('off').kl}`);
   assert.equal(row('off').top1, 1);
+  // head budgets: balanced reports its streaming heads (none yet at 384 tokens: the probe starts at
+  // 4x the sinks and recent window), specs without hl report nothing
+  assert.equal(row('balanced').streamingHeads, 0);
+  assert.equal(row('q2,b0.5,agnostic').streamingHeads, undefined);
   assert.equal(row('off').ratio, 1);
   // more bits, closer to f16; fewer bits, fewer bytes
   assert.ok(row('q8').kl < row('q2').kl, `q8 KL ${row('q8').kl} vs q2 KL ${row('q2').kl}`);
