@@ -17,7 +17,8 @@ export const PRESETS = ['off', 'q8', 'q4', 'q2', 'balanced', 'max'];
 
 /**
  * Custom specs tried besides the presets: one knob at a time away from a preset (rotation, value
- * bits, key block size, outliers, budget, tiers), so the frontier shows what each knob buys.
+ * bits, key block size, outliers, budget, tiers, head budgets), so the frontier shows what each
+ * knob buys.
  */
 export const GRID = [
   'q8,v4',
@@ -28,8 +29,10 @@ export const GRID = [
   'balanced,b0.75',
   'balanced,b0.5',
   'balanced,t4:0.1/2,b0.75',
+  'balanced,hl0',
   'q2,b0.5,h2o',
   'max,b0.25',
+  'max,hl0.9',
 ];
 
 export interface TuneOptions {
