@@ -193,6 +193,12 @@ void launch_rope_store(const RopeShape& r, const int* pos, int n, float* q, cons
 
 size_t argmax_work_bytes() { return sizeof(ArgmaxWork); }
 
+void launch_rope_q(const RopeShape& r, const int* pos, int n, float* q, cudaStream_t s) {
+  RopeShape qr = r;
+  qr.n_head_kv = 0;  // rope_store_kernel's heads are q's, then k's: none of the latter
+  launch_rope_store(qr, pos, n, q, nullptr, nullptr, nullptr, nullptr, s);
+}
+
 void launch_argmax(const float* x, int n, int32_t* out, void* work, cudaStream_t s) {
   const int blocks = std::max(1, std::min(kArgmaxMaxBlocks, ceil_div(n, 8 * kArgmaxThreads)));
   argmax_kernel<<<blocks, kArgmaxThreads, 0, s>>>(x, n, out, (ArgmaxWork*)work);

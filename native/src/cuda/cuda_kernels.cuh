@@ -27,6 +27,8 @@ struct RopeShape {
 // ([n_head_kv][n_ctx][hd]).
 void launch_rope_store(const RopeShape& r, const int* pos, int n, float* q, const float* k, const float* v,
                        __half* k_cache, __half* v_cache, cudaStream_t s);
+// RoPE of q alone, in place (the compressed cache stores k itself).
+void launch_rope_q(const RopeShape& r, const int* pos, int n, float* q, cudaStream_t s);
 // The rotation of RoPE for the pair (a.x, a.y) at position p, frequency inv_freq: the angle in
 // double (as rope_apply), the products rounded one by one (no FMA), so results match the CPU.
 __device__ __forceinline__ float2 rope_rotate(float2 a, int p, double inv_freq) {

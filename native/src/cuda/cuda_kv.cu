@@ -222,17 +222,6 @@ namespace {
 
 __device__ __forceinline__ int ring_slot(int p, int cap) { return p % cap; }
 
-// q: as rope_store_kernel (same double angle, same roundings).
-__global__ void kv_rope_q_kernel(RopeShape r, const int* pos, float* q) {
-  const int t = blockIdx.x, i = threadIdx.x, hd = r.head_dim;
-  const int p = *pos + t;
-  const double f = r.inv_freq[i];
-  for (int h = threadIdx.y; h < r.n_head; h += blockDim.y) {
-    float2* x = (float2*)(q + ((size_t)t * r.n_head + h) * hd) + i;
-    *x = rope_rotate(*x, p, f);
-  }
-}
-
 // Grid (n, n_kv), hd/2 threads: key head hk of token t roped (as rope_store_kernel) unless it comes
 // roped, both rotated when asked, stored as f16 at the ring slot of its position.
 __global__ void kv_store_kernel(RopeShape r, const int* pos, const float* k, const float* v, KvDevView kv, int rope, int rotate,
@@ -487,10 +476,7 @@ float hadamard_scale(int hd) { return 1.0f / std::sqrt((float)hd); }  // as kv_h
 
 void launch_kv_rope_store(const RopeShape& r, const int* pos, int n, float* q, const float* k, const float* v,
                           const KvDevView& kv, bool rotate, cudaStream_t s, bool roped) {
-  if (!roped) {
-    kv_rope_q_kernel<<<n, dim3(r.head_dim / 2, 8), 0, s>>>(r, pos, q);
-    LKV_CUDA_LAUNCHED("kv_rope_q");
-  }
+  if (!roped) launch_rope_q(r, pos, n, q, s);
   kv_store_kernel<<<dim3(n, r.n_head_kv), r.head_dim / 2, 0, s>>>(r, pos, k, v, kv, roped ? 0 : 1, rotate ? 1 : 0,
                                                                   hadamard_scale(r.head_dim));
   LKV_CUDA_LAUNCHED("kv_store");

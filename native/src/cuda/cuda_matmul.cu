@@ -126,8 +126,7 @@ struct MvSegDev {
   int blocks;    // blocks of this and the earlier segments
 };
 struct MvParams {
-  MvSegDev seg[kMvMaxSegs];
-  int n_seg;
+  MvSegDev seg[kMvMaxSegs];  // unused ones: blocks = the total, so never selected
   const float* x;
   int n_tok, cols;
   const float* norm_w;
@@ -343,8 +342,7 @@ void launch_matvec_fused(const MvSeg* segs, int n_seg, const MvInput& in, cudaSt
       i += 2;
       continue;
     }
-    p.n_seg = j - i;
-    for (int k = p.n_seg; k < kMvMaxSegs; k++) p.seg[k].blocks = blocks;  // unused: never selected
+    for (int k = j - i; k < kMvMaxSegs; k++) p.seg[k].blocks = blocks;
     p.x = in.x;
     p.n_tok = in.n_tok;
     p.cols = segs[i].W.cols;
