@@ -17,7 +17,7 @@ export const PRESETS = ['off', 'q8', 'q4', 'q2', 'balanced', 'max'];
 
 /**
  * Custom specs tried besides the presets: one knob at a time away from a preset (rotation, value
- * bits, key block size, outliers, budget, tiers, head budgets), so the frontier shows what each
+ * bits (1 bit included), key block size, outliers, budget, tiers, head budgets), so the frontier shows what each
  * knob buys.
  */
 export const GRID = [
@@ -31,8 +31,9 @@ export const GRID = [
   'balanced,t4:0.1/2,b0.75',
   'balanced,hl0',
   'q2,b0.5,h2o',
-  'max,b0.25',
-  'max,hl0.9',
+  'balanced,v1',
+  'max,b0.4',
+  'max,hl0',
 ];
 
 export interface TuneOptions {

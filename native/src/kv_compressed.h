@@ -9,7 +9,7 @@
 //                                       one ends in a digit: "k4v2g32r128" = "k4,v2,g32,r128"
 //   item   := preset                    off | q8 | q4 | q2 | balanced | max (first item only;
 //                                       later items override it: "q4,r64")
-//           | k BITS | v BITS           key / value bits: 16, 8, 4 or 2 (one tier)
+//           | k BITS | v BITS           key / value bits: 16, 8, 4, 2 or 1 (one tier)
 //           | t TIER ('/' TIER)*        precision tiers, most important first, instead of k/v:
 //                                       TIER := BITS[xBITS][':' FRACTION], bits for keys x values;
 //                                       FRACTION = share of the held (quantized) slots; the last

@@ -689,8 +689,11 @@ LKV_AVX512 void accum_avx512(const float* __restrict p, int R, int ts, int nk, c
   }
 }
 
+// Decode reads the codes with the AVX2 kernels (AVX-512 CPUs run them; the ops picked here need
+// the stricter 16-channel layout, which implies theirs).
 const TileOps kAvx512Ops = {"avx512", decode_keys_avx512, decode_values_avx512, decode_rows_avx512,
-                            scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx2, nullptr, nullptr};
+                            scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx2,
+                            scores_codes_avx2, accum_codes_avx2};
 #pragma GCC diagnostic pop
 #endif
 

@@ -111,7 +111,8 @@ constexpr double kForwardKvBudget = 2e-2;
 // Specs the device holds (the presets without eviction, and the corners of the grammar: 16-bit
 // keys or values, small and large blocks, one value group per head).
 const char* const kDeviceKvSpecs[] = {"q8", "q4", "q2", "k4,v2,g32,vg16,r16,norot", "k2,v4,g128,vg0,r64,rot",
-                                      "k16,v4,g64,vg32,r32", "k8,v16,g8,r8,norot", "k4,v4,g256,vg64,r0,rot"};
+                                      "k16,v4,g64,vg32,r32", "k8,v16,g8,r8,norot", "k4,v4,g256,vg64,r0,rot",
+                                      "k1,v1,g128,vg0,r32,rot", "k2,v1,g64,vg64,r16,norot"};
 
 
 // Largest and RMS |got - want| over `scale`; non-finite outputs make both infinite.
@@ -1243,6 +1244,7 @@ void test_backend_choice() {
     const std::pair<const char*, const char*> runs_as[] = {
         {"q4", "q4"},
         {"balanced", "k2,v2,g128,vg0,r32,rot,o0,b1.0,s8,w256,agnostic,ow32,rw512"},
+        {"max", "k1,v1,g128,vg0,r32,rot,o0,b1.0,s8,w256,agnostic,ow32,rw256"},
         {"q4,b0.5", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
         {"t8:0.2/4x2", "k4,v2,g64,vg0,r128,norot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
         {"q4,o0.01", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},

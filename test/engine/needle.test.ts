@@ -102,7 +102,7 @@ for (const ctx of [1024, 4096]) {
   });
 }
 
-test('balanced (40% evicted) keeps every needle at 4096 tokens by taking the cut from the streaming head; a uniform cut loses some', async () => {
+test('balanced (40% evicted) and max (the same at 1 bit) keep every needle at 4096 tokens by taking the cut from the streaming head; a uniform cut loses some', async () => {
   const file = await needleModel();
   const model = await Model.load(file, { threads: 2 });
   try {
@@ -114,6 +114,10 @@ test('balanced (40% evicted) keeps every needle at 4096 tokens by taking the cut
     // the same budget cut evenly across heads (no head budgets): the retrieval head loses needles
     const u = await run('balanced,hl0');
     assert.ok(u.correct <= 28, `a uniform cut found ${u.correct}/32`);
+    // max: the same cut at 1 bit per key and value element
+    const m = await run('max');
+    assert.equal(m.correct, 32, `max missed: ${m.results.filter((x) => !x.ok).map((x) => `depth ${x.depth.toFixed(2)}`).join(', ')}`);
+    assert.ok(m.kv && m.kv.f16Bytes / m.kv.bytes > 11, `max is ${m.kv && (m.kv.f16Bytes / m.kv.bytes).toFixed(2)}x smaller`);
   } finally {
     model.dispose();
   }

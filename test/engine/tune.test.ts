@@ -108,7 +108,7 @@ test('tune --text DIR uses the largest source file, skipping dependencies and bu
 test('tune: bad flags and specs fail with a clear message', { timeout: 120_000 }, async () => {
   const model = await tinyModel();
   const cases: [string[], RegExp][] = [
-    [[model, '--specs', 'q4;k3,v2'], /bad KV spec 'k3,v2'.*bits must be 16, 8, 4 or 2/],
+    [[model, '--specs', 'q4;k3,v2'], /bad KV spec 'k3,v2'.*bits must be 16, 8, 4, 2 or 1/],
     [[model, '--specs', 'q4;bogus'], /bad KV spec 'bogus'.*unknown knob/],
     [[model, '--max-kl', 'lots'], /--max-kl must be a number/],
     [[model, '--min-top1', '150'], /--min-top1 must be a share/],
