@@ -430,7 +430,7 @@ export interface NeedleEvalResult {
   /** Haystack prefill time and speed. */
   prefillMs: number;
   prefillTokensPerSecond: number;
-  kv?: { tokens: number; residentTokens: number; bytes: number; f16Bytes: number };
+  kv?: { tokens: number; residentTokens: number; bytes: number; f16Bytes: number; streamingHeads?: number };
 }
 
 function argmax(a: ArrayLike<number>): number {
@@ -457,7 +457,7 @@ export async function evalNeedle(model: string | EngineModel, o: NeedleEvalOptio
       let kv: NeedleEvalResult['kv'];
       try {
         const st = s.kvStats();
-        kv = { tokens: st.tokens, residentTokens: st.residentTokens, bytes: st.bytes, f16Bytes: st.f16Bytes };
+        kv = { tokens: st.tokens, residentTokens: st.residentTokens, bytes: st.bytes, f16Bytes: st.f16Bytes, streamingHeads: st.streamingHeads };
       } catch {
         kv = undefined;
       }

@@ -28,19 +28,17 @@ struct Preset {
 //               recent window keeps only those, and its share goes to the other heads). 2-bit
 //               alone stops near 6x (scales, the f16 residual and the slot index), so 8x needs
 //               eviction. On the needle model (2026-12-01, seed-1 model, 32 needles): 32/32 at
-//               4k, 16k (haystack seeds 1 and 2) and 32k, at 7.9x / 11.5x / 12.4x (head_dim
-//               128). Without hl the same budget found 19/32 (4k) and 22/32 (16k) at 9.5x: no
-//               key-only score can tell this model's needles from its filler, so a uniform cut
-//               thins the retrieval head as much as the previous-token head that needs only
-//               the last tokens.
+//               4k, 16k (haystack seeds 1-3) and 32k, at 7.9x / 11.5x / 12.4x (head_dim 128);
+//               one cut for every head (hl0) finds them too, at 7.1x / 9.5x / 10.1x: the
+//               layer-0 previous-token head streams, and its share is what hl saves.
 //   max         balanced's eviction and head budgets at 1 bit (keys: two levels per channel
 //               and block of 128 tokens; values: two per row, after the rotation): on the needle
 //               model (2026-12-01) 32/32 at 4k, 16k and 32k at 11.8x / 18.8x / 20.9x. The 2-bit
 //               format keeping 40% with one cut for every head (max until 2026-12-01) reached
-//               12.9x / 14.0x and lost needles (27/32 at 4k, 29/32 at 16k): at 2 bits the
-//               retrieval head alone stops near 7x, and thinning it loses needles; halving its
-//               bits loses none here. A trained model's keys are less separable than this one's
-//               hand-made codes: run `llamakv tune` before relying on 1 bit.
+//               12.9x / 14.0x with 31/32: at 2 bits the retrieval head alone stops near 7x;
+//               halving its bits loses no needle here. A trained model's keys are less
+//               separable than this one's hand-made codes: run `llamakv tune` before relying on
+//               1 bit.
 const Preset kPresets[] = {
     {"q8", "k8,v8,g64,vg64,r64,norot,o0,b1.0,s4,w128,h2o,ow32,rw512"},
     {"q4", "k4,v4,g64,vg32,r128,rot,o0,b1.0,s4,w128,h2o,ow32,rw512"},

@@ -548,7 +548,9 @@ LKV_AVX512 inline __m512 dq16(const uint8_t* src, __mmask16 m, __m128i cnt, __m5
   return _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(x), z);
 }
 
-// Writes up to 15 floats past each plane's end: ts leaves room (see ts_).
+// 16-bit keys: writes up to 15 floats past the row's end (ts leaves room, see ts_). Codes: each
+// plane's last step stores only its own lanes: a full store would land on the next plane's first
+// rows, which this loop order (steps outer, planes inner) has already written.
 LKV_AVX512 void decode_keys_avx512(const Block& b, int hd, float* __restrict kt, int ts) {
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits);
   if (bits == 16) {
@@ -566,10 +568,11 @@ LKV_AVX512 void decode_keys_avx512(const Block& b, int hd, float* __restrict kt,
     const uint8_t* cc = b.kc().data() + (size_t)c * S;
     float* row = kt + (size_t)c * ts;
     for (int k = 0; k < S; k += 16) {
-      const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tail16(S - k), cc + k));
+      const __mmask16 m = tail16(S - k);
+      const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, cc + k));
       for (int t = 0; t < per; t++)
-        _mm512_storeu_ps(row + t * S + k,
-                         _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(x, _mm_cvtsi32_si128(bits * t)), mask)));
+        _mm512_mask_storeu_ps(row + t * S + k, m,
+                              _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(x, _mm_cvtsi32_si128(bits * t)), mask)));
     }
   }
 }
