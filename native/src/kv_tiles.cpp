@@ -509,7 +509,25 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
     for (int g = 0; g < ng; g++) std::fill(wrow(g, r), wrow(g, r) + nk, 0.0f);
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
   const __m256 vmid = _mm256_set1_ps(mid);
-  for (int t = 0; t < per; t++) {
+  if (S == 8) {  // planes of 8 channels (head_dim 64 at 1 bit): planes t and t+1 from the same 8 bytes
+    for (int t = 0; t < per; t += 2) {
+      const __m128i c0n = _mm_cvtsi32_si128(bits * t), c1n = _mm_cvtsi32_si128(bits * (t + 1));
+      const int c0 = t * S, g = c0 / vg;
+      Tile4x2 acc;
+      acc.load(o + c0, R, hd);
+      const uint8_t* src = b.vc().data();
+      const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
+      for (int j = 0; j < nk; j++, src += S) {
+        const __m128i x = _mm_loadl_epi64((const __m128i*)src);
+        const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srl_epi16(x, c0n), bmask)));
+        const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srl_epi16(x, c1n), bmask)));
+        acc.fma(_mm256_sub_ps(lo, vmid), _mm256_sub_ps(hi, vmid), w0 + j, w1 + j, w2 + j, w3 + j);
+      }
+      const float zg[kRows] = {Z[0][g], Z[1][g], Z[2][g], Z[3][g]};
+      acc.store(o + c0, R, hd, zg);
+    }
+  }
+  for (int t = 0; t < per && S % 16 == 0; t++) {
     const __m128i cnt = _mm_cvtsi32_si128(bits * t);
     for (int k = 0; k < S; k += 16) {
       const int c0 = t * S + k, g = c0 / vg;

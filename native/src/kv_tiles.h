@@ -50,8 +50,12 @@ struct TileOps {
   void (*accum_codes)(const Block& b, const float* p, int R, int ts, int nk, int hd, int vg, float* scratch, float* o);
 };
 
-// Whether accum_codes takes a block with these value bits: planes and groups of whole 16-channel steps.
-inline bool values_fit(int hd, int vg, int vbits) { return vbits < 16 && vg % 16 == 0 && (hd / (8 / vbits)) % 16 == 0; }
+// Whether accum_codes takes a block with these value bits: groups of whole 16-channel steps, and
+// planes of whole 16-channel steps or of 8 channels (taken two at a time: head_dim 64 at 1 bit).
+inline bool values_fit(int hd, int vg, int vbits) {
+  const int plane = vbits < 16 ? hd / (8 / vbits) : 0;
+  return vbits < 16 && vg % 16 == 0 && (plane % 16 == 0 || (plane == 8 && vbits < 8));
+}
 
 // A block's per-channel key scale and zero as floats (16 bits: 1 and 0).
 // The fastest ops this CPU and this cache's layout allow; the plain ones.

@@ -317,14 +317,16 @@ struct Driver {
 // on top (q scaled 0.5: scores ~N(0, 0.7)). Measured at these shapes: 8-bit 0.005-0.006, 4-bit
 // 0.08-0.09, 2-bit 0.24-0.37. Budgets: the value round-trip budget plus ~10%. A case's bits are its
 // values' bits, or 1 when its keys are 1-bit: 1-bit keys (two levels per channel and block) move the
-// weights enough to dominate (k1,v4 0.35-0.36, k2,v1 0.56, k1,v1 0.81-0.83): budget 0.92.
+// weights enough to dominate (k1,v4 0.35-0.36, k2,v1 0.51-0.56, k1,v1 0.81-0.92 at head_dim 64 and
+// 128): budget 1.05, where the check guards against a broken layout (errors of several times the
+// output) more than it grades 1 bit, which the exact comparison with the plain path does.
 double attention_budget(int bits) {
   switch (bits) {
     case 16: return 2e-3;
     case 8: return 0.01;
     case 4: return 0.13;
     case 2: return 0.5;
-    case 1: return 0.92;
+    case 1: return 1.05;
     default: return 0;
   }
 }
