@@ -474,25 +474,31 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
   float Z[kRows][kKvMaxHeadDim / 16] = {};
   const float mid = 0.5f * (float)((1 << bits) - 1);
   auto wrow = [&](int g, int r) { return W + ((size_t)g * kRows + r) * nk; };
-  int j0 = 0;
-  if (ng == 1) {  // one group per row: 8 rows' params at a time
+  // 8 rows' params of one group at a time (one load with one group per row, else a gather)
+  const int j0 = nk & ~7;
+  {
     const __m256i lo16 = _mm256_set1_epi32(0xffff);
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(ng));
     const __m256 vm = _mm256_set1_ps(mid);
-    __m256 zacc[kRows] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (; j0 + 8 <= nk; j0 += 8) {
-      const __m256i prm = _mm256_loadu_si256((const __m256i*)(b.vp().data() + j0));  // {scale, zero} x 8
-      // [s0..s3 z0..z3 | s4..s7 z4..z7] -> [s0..s7 | z0..z7]
-      const __m256i packed = _mm256_permute4x64_epi64(
-          _mm256_packus_epi32(_mm256_and_si256(prm, lo16), _mm256_srli_epi32(prm, 16)), 0xD8);
-      const __m256 sc = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
-      const __m256 z = _mm256_fmadd_ps(sc, vm, _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1)));
-      for (int r = 0; r < R; r++) {
-        const __m256 pv = _mm256_loadu_ps(p + (size_t)r * ts + j0);
-        _mm256_storeu_ps(wrow(0, r) + j0, _mm256_mul_ps(pv, sc));
-        zacc[r] = _mm256_fmadd_ps(pv, z, zacc[r]);
+    for (int g = 0; g < ng; g++) {
+      __m256 zacc[kRows] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int j = 0; j < j0; j += 8) {
+        const KvQParams* base = b.vp().data() + (size_t)j * ng + g;
+        const __m256i prm = ng == 1 ? _mm256_loadu_si256((const __m256i*)base)  // {scale, zero} x 8
+                                    : _mm256_i32gather_epi32((const int*)base, idx, 4);
+        // [s0..s3 z0..z3 | s4..s7 z4..z7] -> [s0..s7 | z0..z7]
+        const __m256i packed = _mm256_permute4x64_epi64(
+            _mm256_packus_epi32(_mm256_and_si256(prm, lo16), _mm256_srli_epi32(prm, 16)), 0xD8);
+        const __m256 sc = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
+        const __m256 z = _mm256_fmadd_ps(sc, vm, _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1)));
+        for (int r = 0; r < R; r++) {
+          const __m256 pv = _mm256_loadu_ps(p + (size_t)r * ts + j);
+          _mm256_storeu_ps(wrow(g, r) + j, _mm256_mul_ps(pv, sc));
+          zacc[r] = _mm256_fmadd_ps(pv, z, zacc[r]);
+        }
       }
+      for (int r = 0; r < R; r++) Z[r][g] = hsum8(zacc[r]);
     }
-    for (int r = 0; r < R; r++) Z[r][0] = hsum8(zacc[r]);
   }
   for (int j = j0; j < nk; j++) {
     const KvQParams* pp = b.vp().data() + (size_t)j * ng;
