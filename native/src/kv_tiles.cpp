@@ -432,6 +432,15 @@ LKV_AVX2 inline void codes16(const uint8_t* src, __m128i cnt, __m128i bmask, __m
   hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(x, x)));
 }
 
+// The four query rows a kernel step reads: rows 0..R-1 of q (hd apart), the last repeated for
+// rows >= R (their results are computed and never stored).
+inline void four_rows(const float* q, int R, int hd, const float*& q0, const float*& q1, const float*& q2, const float*& q3) {
+  q0 = q;
+  q1 = q + (size_t)std::min(1, R - 1) * hd;
+  q2 = q + (size_t)std::min(2, R - 1) * hd;
+  q3 = q + (size_t)std::min(3, R - 1) * hd;
+}
+
 // Four query rows (q folded: scale and zero in qf and bias) against 16 keys of one plane per
 // step, read from the codes. A step may run past its plane's S keys: those lanes land on indices
 // the next plane owns (it is processed later and overwrites them) or on indices >= n (< ts, never
@@ -440,10 +449,8 @@ LKV_AVX2 void scores_codes_avx2(const Block& b, const float* __restrict qf, int 
                                 float scale, const float* __restrict bias) {
   const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits), per = 8 / bits;
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
-  const float* q0 = qf;
-  const float* q1 = qf + (size_t)std::min(1, R - 1) * hd;
-  const float* q2 = qf + (size_t)std::min(2, R - 1) * hd;
-  const float* q3 = qf + (size_t)std::min(3, R - 1) * hd;
+  const float *q0, *q1, *q2, *q3;
+  four_rows(qf, R, hd, q0, q1, q2, q3);
   const uint8_t* kc = b.kc().data();
   for (int t = 0; t < per; t++) {
     const __m128i cnt = _mm_cvtsi32_si128(bits * t);
@@ -462,18 +469,17 @@ LKV_AVX2 void scores_codes_avx2(const Block& b, const float* __restrict qf, int 
   }
 }
 
-// o_r += sum_j p_rj * (scale_jg * code_jc + zero_jg) as sum_j (p_rj * scale_jg) * (code_jc - mid)
-// plus sum_j p_rj * (zero_jg + scale_jg * mid) per group: 16 channels of one plane (and one group)
-// per step, the codes read once for all four rows. The codes are centred (mid = half the code
-// range) so that the sums hold the signal, not a large offset that cancels at the end. Needs
-// values_fit.
-LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R, int ts, int nk, int hd, int vg,
-                               float* __restrict scratch, float* __restrict o) {
-  const int bits = b.vbits, S = kv_value_row_bytes(hd, bits), ng = hd / vg, per = 8 / bits;
-  float* W = scratch;  // [g][kRows][j]: p_rj * scale_jg (0 for rows >= R)
-  float Z[kRows][kKvMaxHeadDim / 16] = {};
-  const float mid = 0.5f * (float)((1 << bits) - 1);
-  auto wrow = [&](int g, int r) { return W + ((size_t)g * kRows + r) * nk; };
+// The weights accum_codes multiplies the codes by: W[g][r][j] = p_rj * scale_jg (0 for rows >= R)
+// and Z[r][g] = sum_j p_rj * (zero_jg + scale_jg * mid), for nk rows of block b.
+// Returns mid, half the code range.
+inline float* weight_row(float* W, int g, int r, int nk) { return W + ((size_t)g * kRows + r) * nk; }
+LKV_AVX2 float value_weights(const Block& b, const float* __restrict p, int R, int ts, int nk, int hd, int vg,
+                             float* __restrict W, float (*Z)[kKvMaxHeadDim / 16]) {
+  const int ng = hd / vg;
+  const float mid = 0.5f * (float)((1 << b.vbits) - 1);
+  auto wrow = [&](int g, int r) { return weight_row(W, g, r, nk); };
+  for (int r = 0; r < kRows; r++)
+    for (int g = 0; g < ng; g++) Z[r][g] = 0.0f;
   // 8 rows' params of one group at a time (one load with one group per row, else a gather)
   const int j0 = nk & ~7;
   {
@@ -513,6 +519,31 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
   }
   for (int r = R; r < kRows; r++)
     for (int g = 0; g < ng; g++) std::fill(wrow(g, r), wrow(g, r) + nk, 0.0f);
+  return mid;
+}
+
+// o_r += p_rj * delta for the outliers of block b's first nk rows (exact deltas on top of the
+// dense codes).
+inline void add_outlier_products(const Block& b, const float* __restrict p, int R, int ts, int nk, int hd, float* __restrict o) {
+  for (const KvOutlier& v : b.vo()) {
+    const int j = v.index / hd, c = v.index % hd;
+    if (j >= nk) continue;
+    const float d = f16_to_f32(v.delta);
+    for (int r = 0; r < R; r++) o[(size_t)r * hd + c] += p[(size_t)r * ts + j] * d;
+  }
+}
+
+// o_r += sum_j p_rj * (scale_jg * code_jc + zero_jg) as sum_j (p_rj * scale_jg) * (code_jc - mid)
+// plus sum_j p_rj * (zero_jg + scale_jg * mid) per group: 16 channels of one plane (and one group)
+// per step, the codes read once for all four rows. The codes are centred (mid = half the code
+// range) so that the sums hold the signal, not a large offset that cancels at the end. Needs
+// values_fit.
+LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R, int ts, int nk, int hd, int vg,
+                               float* __restrict scratch, float* __restrict o) {
+  const int bits = b.vbits, S = kv_value_row_bytes(hd, bits), per = 8 / bits;
+  float Z[kRows][kKvMaxHeadDim / 16];
+  const float mid = value_weights(b, p, R, ts, nk, hd, vg, scratch, Z);  // weights [g][kRows][j] in scratch
+  auto wrow = [&](int g, int r) { return weight_row(scratch, g, r, nk); };
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
   const __m256 vmid = _mm256_set1_ps(mid);
   if (S == 8) {  // planes of 8 channels (head_dim 64 at 1 bit): planes t and t+1 from the same 8 bytes
@@ -550,12 +581,7 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
       acc.store(o + c0, R, hd, zg);
     }
   }
-  for (const KvOutlier& v : b.vo()) {  // exact deltas on top of the dense codes
-    const int j = v.index / hd, c = v.index % hd;
-    if (j >= nk) continue;
-    const float d = f16_to_f32(v.delta);
-    for (int r = 0; r < R; r++) o[(size_t)r * hd + c] += p[(size_t)r * ts + j] * d;
-  }
+  add_outlier_products(b, p, R, ts, nk, hd, o);
 }
 
 const TileOps kAvx2Ops = {"avx2", decode_keys_avx2, decode_values_avx2, decode_rows_avx2, scores_t_avx2, scores_rows_avx2,
@@ -716,11 +742,77 @@ LKV_AVX512 void accum_avx512(const float* __restrict p, int R, int ts, int nk, c
   }
 }
 
-// Decode reads the codes with the AVX2 kernels (AVX-512 CPUs run them; the ops picked here need
-// the stricter 16-channel layout, which implies theirs).
+// 16 codes of one plane (lanes outside mask m read 0) as floats.
+LKV_AVX512 inline __m512 codes16_512(const uint8_t* src, __mmask16 m, __m128i cnt, __m128i bmask) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srl_epi16(_mm_maskz_loadu_epi8(m, src), cnt), bmask)));
+}
+
+// scores_codes_avx2 with 16-lane vectors: four query rows against 16 keys of one plane per step,
+// each step's loads and stores masked to the plane's own bytes.
+LKV_AVX512 void scores_codes_avx512(const Block& b, const float* __restrict qf, int R, int hd, int ts, float* __restrict s,
+                                    float scale, const float* __restrict bias) {
+  const int n = b.n, bits = b.kbits, S = kv_planar_bytes(n, bits), per = 8 / bits;
+  const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
+  const float *q0, *q1, *q2, *q3;
+  four_rows(qf, R, hd, q0, q1, q2, q3);
+  const uint8_t* kc = b.kc().data();
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int t = 0; t < per; t++) {
+    const __m128i cnt = _mm_cvtsi32_si128(bits * t);
+    for (int k = 0; k < S; k += 16) {
+      const __mmask16 m = tail16(S - k);
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int c = 0; c < hd; c++) {
+        const __m512 x = codes16_512(kc + (size_t)c * S + k, m, cnt, bmask);
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[c]), x, a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[c]), x, a1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[c]), x, a2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[c]), x, a3);
+      }
+      const __m512 acc[kRows] = {a0, a1, a2, a3};
+      for (int r = 0; r < R; r++)
+        _mm512_mask_storeu_ps(s + (size_t)r * ts + t * S + k, m,
+                              _mm512_mul_ps(_mm512_add_ps(acc[r], _mm512_set1_ps(bias ? bias[r] : 0.0f)), vs));
+    }
+  }
+}
+
+// accum_codes_avx2 with 16-lane vectors (the same weights; values_fit).
+LKV_AVX512 void accum_codes_avx512(const Block& b, const float* __restrict p, int R, int ts, int nk, int hd, int vg,
+                                   float* __restrict scratch, float* __restrict o) {
+  const int bits = b.vbits, S = kv_value_row_bytes(hd, bits), per = 8 / bits;
+  float Z[kRows][kKvMaxHeadDim / 16];
+  const float mid = value_weights(b, p, R, ts, nk, hd, vg, scratch, Z);  // weights [g][kRows][j] in scratch
+  auto wrow = [&](int g, int r) { return weight_row(scratch, g, r, nk); };
+  const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
+  const __m512 vmid = _mm512_set1_ps(mid);
+  // 16 channels c0.. of one plane per step (these ops are picked only where planes are whole steps)
+  for (int t = 0; t < per; t++)
+    for (int k = 0; k < S; k += 16) {
+      const int c0 = t * S + k, g = c0 / vg;
+      const __m128i cnt = _mm_cvtsi32_si128(bits * t);
+      __m512 a[kRows];
+      for (int r = 0; r < kRows; r++) a[r] = r < R ? _mm512_loadu_ps(o + (size_t)r * hd + c0) : _mm512_setzero_ps();
+      __m512 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+      const uint8_t* src = b.vc().data() + k;
+      const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
+      for (int j = 0; j < nk; j++, src += S) {
+        const __m128i x = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i*)src), cnt), bmask);
+        const __m512 v = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x)), vmid);
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[j]), v, a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[j]), v, a1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[j]), v, a2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[j]), v, a3);
+      }
+      const __m512 acc[kRows] = {a0, a1, a2, a3};
+      for (int r = 0; r < R; r++) _mm512_storeu_ps(o + (size_t)r * hd + c0, _mm512_add_ps(acc[r], _mm512_set1_ps(Z[r][g])));
+    }
+  add_outlier_products(b, p, R, ts, nk, hd, o);
+}
+
 const TileOps kAvx512Ops = {"avx512", decode_keys_avx512, decode_values_avx512, decode_rows_avx512,
                             scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx2,
-                            scores_codes_avx2, accum_codes_avx2};
+                            scores_codes_avx512, accum_codes_avx512};
 #pragma GCC diagnostic pop
 #endif
 
