@@ -421,6 +421,7 @@ class CompressedKvCache final : public KvCache {
   // ---- test hooks ----
   bool reference_ = false;
   void use_generic_ops(bool on) { ops_ = on ? generic_tile_ops() : pick_tile_ops(s_.head_dim, vg_, spec_.tiers); }
+  void use_avx2_ops(bool on) { ops_ = pick_tile_ops(s_.head_dim, vg_, spec_.tiers, !on); }
   const char* ops_name() const { return ops_->name; }
   const SlotTable& table(int layer, int h) const { return heads_[(size_t)layer * s_.n_head_kv + h].table; }
 
@@ -1055,6 +1056,12 @@ void use_generic_ops(KvCache* cache, bool on) {
   auto* c = dynamic_cast<CompressedKvCache*>(cache);
   LKV_CHECK(c, "not a compressed KV cache");
   c->use_generic_ops(on);
+}
+const char* use_avx2_ops(KvCache* cache, bool on) {
+  auto* c = dynamic_cast<CompressedKvCache*>(cache);
+  LKV_CHECK(c, "not a compressed KV cache");
+  c->use_avx2_ops(on);
+  return c->ops_name();
 }
 const char* ops_name(const KvCache* cache) {
   auto* c = dynamic_cast<const CompressedKvCache*>(cache);

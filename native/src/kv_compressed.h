@@ -110,6 +110,9 @@ namespace kvtest {
 void set_reference(KvCache* cache, bool on);
 // Use the plain LKV_CLONES tile kernels even where AVX-512 ones exist; the name of those in use.
 void use_generic_ops(KvCache* cache, bool on);
+// Use at most the AVX2 tile kernels (on an AVX-512 CPU, the ones it would not pick); returns the
+// name of those in use.
+const char* use_avx2_ops(KvCache* cache, bool on);
 const char* ops_name(const KvCache* cache);
 // Dequantized (and un-rotated) rows of one layer and KV head that the cache holds, positions
 // ascending: pos [n], k and v [n][head_dim].

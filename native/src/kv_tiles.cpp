@@ -627,7 +627,8 @@ LKV_AVX512 void decode_keys_avx512(const Block& b, int hd, float* __restrict kt,
   }
 }
 
-// Needs vg % 16 == 0 and (hd / codes-per-byte) % 16 == 0 (checked when picking the ops).
+// Needs vg % 16 == 0 and value planes of whole 16-channel steps or of 8 channels (values_fit, checked
+// when picking the ops).
 LKV_AVX512 void decode_values_avx512(const Block& b, int hd, int vg, float* __restrict vt) {
   const int bits = b.vbits, RB = kv_value_row_bytes(hd, bits), ng = hd / vg;
   const __m512i mask = _mm512_set1_epi32((1 << (bits & 15)) - 1);
@@ -648,9 +649,10 @@ LKV_AVX512 void decode_values_avx512(const Block& b, int hd, int vg, float* __re
     const int per = 8 / bits, S = RB, vshift = __builtin_ctz((unsigned)vg);  // vg is a power of two
     for (int t = 0; t < per; t++) {
       const __m128i cnt = _mm_cvtsi32_si128(bits * t);
-      for (int k = 0; k < S; k += 16) {
+      for (int k = 0; k < S; k += 16) {  // masked: a plane may be 8 channels (head_dim 64 at 1 bit)
         const int c = t * S + k, g = c >> vshift;
-        _mm512_storeu_ps(dst + c, dq16(rc + k, 0xffff, cnt, mask, _mm512_set1_ps(scs[g]), _mm512_set1_ps(zs[g])));
+        const __mmask16 m = tail16(S - k);
+        _mm512_mask_storeu_ps(dst + c, m, dq16(rc + k, m, cnt, mask, _mm512_set1_ps(scs[g]), _mm512_set1_ps(zs[g])));
       }
     }
   }
@@ -786,18 +788,26 @@ LKV_AVX512 void accum_codes_avx512(const Block& b, const float* __restrict p, in
   auto wrow = [&](int g, int r) { return weight_row(scratch, g, r, nk); };
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
   const __m512 vmid = _mm512_set1_ps(mid);
-  // 16 channels c0.. of one plane per step (these ops are picked only where planes are whole steps)
-  for (int t = 0; t < per; t++)
+  // 16 channels c0.. per step: 16 bytes of one plane, or (S == 8: head_dim 64 at 1 bit) planes t
+  // and t+1 from the same 8 bytes
+  const int planes = S == 8 ? 2 : 1;
+  for (int t = 0; t < per; t += planes)
     for (int k = 0; k < S; k += 16) {
       const int c0 = t * S + k, g = c0 / vg;
-      const __m128i cnt = _mm_cvtsi32_si128(bits * t);
+      const __m128i cnt = _mm_cvtsi32_si128(bits * t), cnt1 = _mm_cvtsi32_si128(bits * (t + 1));
       __m512 a[kRows];
       for (int r = 0; r < kRows; r++) a[r] = r < R ? _mm512_loadu_ps(o + (size_t)r * hd + c0) : _mm512_setzero_ps();
       __m512 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
       const uint8_t* src = b.vc().data() + k;
       const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
       for (int j = 0; j < nk; j++, src += S) {
-        const __m128i x = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i*)src), cnt), bmask);
+        __m128i x;
+        if (planes == 2) {
+          const __m128i y = _mm_loadl_epi64((const __m128i*)src);
+          x = _mm_and_si128(_mm_unpacklo_epi64(_mm_srl_epi16(y, cnt), _mm_srl_epi16(y, cnt1)), bmask);
+        } else {
+          x = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i*)src), cnt), bmask);
+        }
         const __m512 v = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x)), vmid);
         a0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[j]), v, a0);
         a1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[j]), v, a1);
@@ -819,11 +829,12 @@ const TileOps kAvx512Ops = {"avx512", decode_keys_avx512, decode_values_avx512, 
 // The fastest ops this CPU and this cache's layout allow.
 const TileOps* generic_tile_ops() { return &kGenericOps; }
 
-const TileOps* pick_tile_ops(int hd, int vg, const std::vector<KvTier>& tiers) {
+const TileOps* pick_tile_ops(int hd, int vg, const std::vector<KvTier>& tiers, bool avx512) {
+  (void)avx512;
 #if defined(__x86_64__) && defined(__GNUC__)
   bool fits = hd % 16 == 0 && vg % 16 == 0;
-  for (const KvTier& t : tiers) fits &= t.vbits == 16 || (hd / (8 / t.vbits)) % 16 == 0;
-  if (fits && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+  for (const KvTier& t : tiers) fits &= t.vbits == 16 || values_fit(hd, vg, t.vbits);
+  if (fits && avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
     return &kAvx512Ops;
   bool fits8 = hd % 8 == 0 && vg % 8 == 0;
   for (const KvTier& t : tiers) fits8 &= t.vbits == 16 || (hd / (8 / t.vbits)) % 8 == 0;

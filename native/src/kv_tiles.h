@@ -58,8 +58,9 @@ inline bool values_fit(int hd, int vg, int vbits) {
 }
 
 // A block's per-channel key scale and zero as floats (16 bits: 1 and 0).
-// The fastest ops this CPU and this cache's layout allow; the plain ones.
-const TileOps* pick_tile_ops(int hd, int vg, const std::vector<KvTier>& tiers);
+// The fastest ops this CPU and this cache's layout allow (avx512 false: at most the AVX2 ones, for
+// tests); the plain ones.
+const TileOps* pick_tile_ops(int hd, int vg, const std::vector<KvTier>& tiers, bool avx512 = true);
 const TileOps* generic_tile_ops();
 
 // A block's per-channel key scale and zero as floats (16 bits: 1 and 0).

@@ -354,7 +354,7 @@ void test_attention(ThreadPool* pool) {
     shape.head_dim = hdim;
     shape.n_head = shape.n_head_kv * group;
     Driver d(shape, cs.spec, pool);
-    double worst_ref = 0, worst_deq = 0, worst_orig = 0, worst_generic = 0;
+    double worst_ref = 0, worst_deq = 0, worst_orig = 0, worst_generic = 0, worst_avx2 = 0;
     const std::string ops = kvtest::ops_name(d.cache.get());
     const int chunks[] = {37, 100, 1, 1, 64, 3, 130, 1, 1, 1, 90};
     for (int n : chunks) {
@@ -371,6 +371,15 @@ void test_attention(ThreadPool* pool) {
         d.cache->attend(l, pos, nq, q.data(), gen.data(), nullptr);
         kvtest::use_generic_ops(d.cache.get(), false);
         worst_generic = std::max(worst_generic, rel_max(gen, ref));
+        // (a'') the AVX2 kernels too, where the picked ones are AVX-512
+        if (ops == "avx512") {
+          std::vector<float> a2(out.size());
+          if (std::string(kvtest::use_avx2_ops(d.cache.get(), true)) == "avx2") {
+            d.cache->attend(l, pos, nq, q.data(), a2.data(), nullptr);
+            worst_avx2 = std::max(worst_avx2, rel_max(a2, ref));
+          }
+          kvtest::use_avx2_ops(d.cache.get(), false);
+        }
         if (cs.bits == 0) return;  // evicting
         // (b) attention_reference over the dequantized rows
         std::vector<float> kd, vd, deq(out.size()), orig(out.size());
@@ -384,15 +393,16 @@ void test_attention(ThreadPool* pool) {
     }
     // (a), (b): the same dequantized numbers, float vs double sums and exp_approx (4e-6): 1e-4.
     if (cs.bits == 0) {
-      report(worst_ref < 1e-4 && worst_generic < 1e-4,
+      report(worst_ref < 1e-4 && worst_generic < 1e-4 && worst_avx2 < 1e-4,
              strprintf("attention over evicted (thinned) blocks = plain path (head_dim %d, group %d): %s", hdim, group, cs.spec),
-             strprintf("max err %.3g (%s vs plain path), %.3g (generic kernels)", worst_ref, ops.c_str(), worst_generic));
+             strprintf("max err %.3g (%s vs plain path), %.3g (generic kernels), %.3g (avx2 kernels)", worst_ref, ops.c_str(),
+                       worst_generic, worst_avx2));
       continue;
     }
-    report(worst_ref < 1e-4 && worst_deq < 1e-4 && worst_generic < 1e-4,
+    report(worst_ref < 1e-4 && worst_deq < 1e-4 && worst_generic < 1e-4 && worst_avx2 < 1e-4,
            strprintf("attention = reference on dequantized rows (head_dim %d, group %d): %s", hdim, group, cs.spec),
-           strprintf("max err %.3g (%s vs plain path), %.3g (generic kernels), %.3g (attention_reference)", worst_ref, ops.c_str(),
-                     worst_generic, worst_deq));
+           strprintf("max err %.3g (%s vs plain path), %.3g (generic kernels), %.3g (avx2 kernels), %.3g (attention_reference)",
+                     worst_ref, ops.c_str(), worst_generic, worst_avx2, worst_deq));
     const double b = attention_budget(cs.bits);
     report(worst_orig < b, strprintf("attention vs f32 original (head_dim %d, group %d): %s", hdim, group, cs.spec),
            strprintf("rms err %.4g budget %.3g", worst_orig, b));
