@@ -533,6 +533,19 @@ inline void add_outlier_products(const Block& b, const float* __restrict p, int 
   }
 }
 
+// Value planes per accum_codes step of 16 channels: one plane's 16 bytes, or (S == 8: head_dim 64
+// at 1 bit) planes t and t+1 from the same 8 bytes.
+inline int value_step_planes(int S) { return S == 8 ? 2 : 1; }
+// The 16 codes (bytes) of one step of a value row: src at the step's first byte; cnt and cnt1 the
+// shifts of planes t and t + 1.
+LKV_AVX2 inline __m128i value_step_codes(const uint8_t* src, int planes, __m128i cnt, __m128i cnt1, __m128i bmask) {
+  if (planes == 2) {
+    const __m128i y = _mm_loadl_epi64((const __m128i*)src);
+    return _mm_and_si128(_mm_unpacklo_epi64(_mm_srl_epi16(y, cnt), _mm_srl_epi16(y, cnt1)), bmask);
+  }
+  return _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i*)src), cnt), bmask);
+}
+
 // o_r += sum_j p_rj * (scale_jg * code_jc + zero_jg) as sum_j (p_rj * scale_jg) * (code_jc - mid)
 // plus sum_j p_rj * (zero_jg + scale_jg * mid) per group: 16 channels of one plane (and one group)
 // per step, the codes read once for all four rows. The codes are centred (mid = half the code
@@ -546,41 +559,24 @@ LKV_AVX2 void accum_codes_avx2(const Block& b, const float* __restrict p, int R,
   auto wrow = [&](int g, int r) { return weight_row(scratch, g, r, nk); };
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
   const __m256 vmid = _mm256_set1_ps(mid);
-  if (S == 8) {  // planes of 8 channels (head_dim 64 at 1 bit): planes t and t+1 from the same 8 bytes
-    for (int t = 0; t < per; t += 2) {
-      const __m128i c0n = _mm_cvtsi32_si128(bits * t), c1n = _mm_cvtsi32_si128(bits * (t + 1));
-      const int c0 = t * S, g = c0 / vg;
-      Tile4x2 acc;
-      acc.load(o + c0, R, hd);
-      const uint8_t* src = b.vc().data();
-      const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
-      for (int j = 0; j < nk; j++, src += S) {
-        const __m128i x = _mm_loadl_epi64((const __m128i*)src);
-        const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srl_epi16(x, c0n), bmask)));
-        const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srl_epi16(x, c1n), bmask)));
-        acc.fma(_mm256_sub_ps(lo, vmid), _mm256_sub_ps(hi, vmid), w0 + j, w1 + j, w2 + j, w3 + j);
-      }
-      const float zg[kRows] = {Z[0][g], Z[1][g], Z[2][g], Z[3][g]};
-      acc.store(o + c0, R, hd, zg);
-    }
-  }
-  for (int t = 0; t < per && S % 16 == 0; t++) {
-    const __m128i cnt = _mm_cvtsi32_si128(bits * t);
+  const int planes = value_step_planes(S);
+  for (int t = 0; t < per; t += planes)
     for (int k = 0; k < S; k += 16) {
       const int c0 = t * S + k, g = c0 / vg;
+      const __m128i cnt = _mm_cvtsi32_si128(bits * t), cnt1 = _mm_cvtsi32_si128(bits * (t + 1));
       Tile4x2 acc;
       acc.load(o + c0, R, hd);
       const uint8_t* src = b.vc().data() + k;
       const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
       for (int j = 0; j < nk; j++, src += S) {
-        __m256 x, y;
-        codes16(src, cnt, bmask, x, y);
-        acc.fma(_mm256_sub_ps(x, vmid), _mm256_sub_ps(y, vmid), w0 + j, w1 + j, w2 + j, w3 + j);
+        const __m128i x = value_step_codes(src, planes, cnt, cnt1, bmask);
+        const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
+        const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(x, x)));
+        acc.fma(_mm256_sub_ps(lo, vmid), _mm256_sub_ps(hi, vmid), w0 + j, w1 + j, w2 + j, w3 + j);
       }
       const float zg[kRows] = {Z[0][g], Z[1][g], Z[2][g], Z[3][g]};
       acc.store(o + c0, R, hd, zg);
     }
-  }
   add_outlier_products(b, p, R, ts, nk, hd, o);
 }
 
@@ -788,9 +784,7 @@ LKV_AVX512 void accum_codes_avx512(const Block& b, const float* __restrict p, in
   auto wrow = [&](int g, int r) { return weight_row(scratch, g, r, nk); };
   const __m128i bmask = _mm_set1_epi8((char)((1 << bits) - 1));
   const __m512 vmid = _mm512_set1_ps(mid);
-  // 16 channels c0.. per step: 16 bytes of one plane, or (S == 8: head_dim 64 at 1 bit) planes t
-  // and t+1 from the same 8 bytes
-  const int planes = S == 8 ? 2 : 1;
+  const int planes = value_step_planes(S);
   for (int t = 0; t < per; t += planes)
     for (int k = 0; k < S; k += 16) {
       const int c0 = t * S + k, g = c0 / vg;
@@ -801,14 +795,8 @@ LKV_AVX512 void accum_codes_avx512(const Block& b, const float* __restrict p, in
       const uint8_t* src = b.vc().data() + k;
       const float *w0 = wrow(g, 0), *w1 = wrow(g, 1), *w2 = wrow(g, 2), *w3 = wrow(g, 3);
       for (int j = 0; j < nk; j++, src += S) {
-        __m128i x;
-        if (planes == 2) {
-          const __m128i y = _mm_loadl_epi64((const __m128i*)src);
-          x = _mm_and_si128(_mm_unpacklo_epi64(_mm_srl_epi16(y, cnt), _mm_srl_epi16(y, cnt1)), bmask);
-        } else {
-          x = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i*)src), cnt), bmask);
-        }
-        const __m512 v = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x)), vmid);
+        const __m512 v =
+            _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(value_step_codes(src, planes, cnt, cnt1, bmask))), vmid);
         a0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[j]), v, a0);
         a1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[j]), v, a1);
         a2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[j]), v, a2);
