@@ -101,11 +101,18 @@ void matmul_with(const IsaOps* isa, const WeightView& W, const float* x, int n_t
   size_t act_bytes_per_tok = (size_t)W.cols * sizeof(float);  // what one token's activations occupy
   if (isa && q8) {
     const size_t qs_bytes = ((size_t)n_tok * W.cols + 63) & ~(size_t)63;
-    uint8_t* buf = scratch(qs_bytes + (size_t)n_tok * a8.nb * sizeof(float));
+    const bool unsigned_copy = isa->q8_unsigned && n_tok > 3;
+    uint8_t* buf = scratch((unsigned_copy ? 2 : 1) * qs_bytes + (size_t)n_tok * a8.nb * sizeof(float));
     a8.qs = (const int8_t*)buf;
     a8.d = (const float*)(buf + qs_bytes);
+    if (unsigned_copy) a8.qu = buf + qs_bytes + (size_t)n_tok * a8.nb * sizeof(float);
     run_tasks(n_tok >= 8 ? pool : nullptr, n_tok, [&](int t) {
-      isa->quantize_q8(x + (int64_t)t * W.cols, (int8_t*)a8.qs + (int64_t)t * W.cols, (float*)a8.d + t * a8.nb, W.cols);
+      int8_t* qs = (int8_t*)a8.qs + (int64_t)t * W.cols;
+      isa->quantize_q8(x + (int64_t)t * W.cols, qs, (float*)a8.d + t * a8.nb, W.cols);
+      if (unsigned_copy) {
+        uint8_t* qu = (uint8_t*)a8.qu + (int64_t)t * W.cols;
+        for (int64_t c = 0; c < W.cols; c++) qu[c] = (uint8_t)qs[c] ^ 0x80;  // x + 128
+      }
     });
     // the prefill kernel works through a row kQ8PanelBlocks blocks at a time
     const int64_t span = std::min<int64_t>(a8.nb, cpu::kQ8PanelBlocks);

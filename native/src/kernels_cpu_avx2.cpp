@@ -20,6 +20,7 @@ struct Isa {
   static constexpr int kPanelT = 5;
   static constexpr int kQ8RowTokens = 3;
   static constexpr int kQKPanelT = 5;
+  static constexpr bool kQ8Unsigned = false;
   // 8 lanes, each the sum of 4 products u8*s8. maddubs saturates at int16, which the callers
   // rule out (|u| <= 128 with |s| <= 127, or u <= 63).
   static inline __m256i dot_u8s8(__m256i u, __m256i s) {

@@ -180,10 +180,12 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   }
   // shapes that reach the other tiling paths: more tokens than one token chunk (64) with rows
   // that are not a multiple of the register tile, and rows longer than one segment of the
-  // Q8_0/Q4_0 prefill tile (512 blocks) with an odd block count, at decode and prefill sizes
+  // Q8_0/Q4_0 prefill tile (512 blocks) with an odd block count, at decode and prefill sizes; and
+  // enough rows that the work is split into chunks of more than 8 rows (the 16-row panels of the
+  // AVX-512 build: 32-row chunks here, the last one 13 rows), over more than one panel span
   for (uint32_t type : kWeightTypes) {
     struct Case { int64_t rows, cols; int n_tok; };
-    const Case cases[] = {{37, 256, 77}, {9, 16640, 6}, {5, 16640, 1}};
+    const Case cases[] = {{37, 256, 77}, {9, 16640, 6}, {5, 16640, 1}, {1005, 4096, 19}};
     for (const Case& c : cases) {
       if (c.cols % ggml_block_size(type)) continue;
       // The budgets are RMS over many outputs; an RMS of 5 outputs scatters by +-50%, so
@@ -215,10 +217,10 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
   // kernel): both take the same 8-bit activations and exact integer block sums, so they differ only
   // in the order of float additions; the budget (1e-5 of the outputs' RMS) is ~1000x below the
   // quantization error the reference comparisons allow, so a token or row mixed up in either path
-  // fails here even where it would hide in those
+  // fails here even where it would hide in those. 11 rows: one chunk of 8 rows and one of 3; 523:
+  // chunks of 16 (the AVX-512 build's 16-row panels) and one of 11
   for (uint32_t type : {kQ8_0, kQ4_0, kIQ4_NL, kIQ4_XS, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K}) {
-    for (int64_t cols : {2048, 16640}) {
-      const int64_t rows = 11;
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{11, 2048}, {11, 16640}, {523, 2048}}) {
       const int n_tok = 9;
       std::vector<uint8_t> w = make_weights(type, rows, cols, false);
       WeightView W{type, w.data(), rows, cols, ggml_row_bytes(type, cols)};
@@ -238,7 +240,8 @@ void test_matmul(const Kernels& k, ThreadPool* pool2, ThreadPool* pool3) {
       const double rel = std::sqrt(e2 / s2);
       char detail[128];
       std::snprintf(detail, sizeof detail, "9 tokens at once and one at a time: rms diff %.2e of the outputs' rms (budget 1e-5)", rel);
-      report(finite && rel <= 1e-5, std::string("matmul/") + k.name + "/" + ggml_type_name(type) + "/batch=single/" + std::to_string(cols),
+      report(finite && rel <= 1e-5,
+             std::string("matmul/") + k.name + "/" + ggml_type_name(type) + "/batch=single/" + std::to_string(rows) + "x" + std::to_string(cols),
              detail);
     }
   }
