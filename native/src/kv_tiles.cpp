@@ -808,8 +808,53 @@ LKV_AVX512 void accum_codes_avx512(const Block& b, const float* __restrict p, in
   add_outlier_products(b, p, R, ts, nk, hd, o);
 }
 
+// exp(x) for x <= 0, as exp8, 16 lanes.
+LKV_AVX512 inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+}
+
+// softmax_step_avx2 in 16 lanes, the tails masked: in a prefill the exponentials are a fifth of
+// the attention's instructions at head_dim 64.
+LKV_AVX512 void softmax_step_avx512(float* __restrict s, int vis, int upto, float& m, float& l, float* __restrict o, int hd) {
+  if (vis <= 0) {
+    for (int j = 0; j < upto; j++) s[j] = 0.0f;
+    return;
+  }
+  __m512 vmx = _mm512_set1_ps(m);
+  for (int j = 0; j < vis; j += 16) vmx = _mm512_mask_max_ps(vmx, tail16(vis - j), vmx, _mm512_maskz_loadu_ps(tail16(vis - j), s + j));
+  const float mx = _mm512_reduce_max_ps(vmx);
+  const float corr = exp_approx(m - mx);
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int j = 0; j < vis; j += 16) {
+    const __mmask16 k = tail16(vis - j);
+    const __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm)));
+    _mm512_mask_storeu_ps(s + j, k, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  for (int j = vis; j < upto; j++) s[j] = 0.0f;
+  l = l * corr + _mm512_reduce_add_ps(vsum);
+  m = mx;
+  if (corr != 1.0f) {
+    const __m512 vc = _mm512_set1_ps(corr);
+    for (int c = 0; c < hd; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), vc));  // hd % 16 == 0
+  }
+}
+
 const TileOps kAvx512Ops = {"avx512", decode_keys_avx512, decode_values_avx512, decode_rows_avx512,
-                            scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx2,
+                            scores_t_avx512, scores_rows_avx512, accum_avx512, softmax_step_avx512,
                             scores_codes_avx512, accum_codes_avx512};
 #pragma GCC diagnostic pop
 #endif
